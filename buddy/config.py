@@ -1,0 +1,154 @@
+"""Settings (environment, read once) and the campaign config file (``campaign.yaml``).
+
+:class:`Settings` reads ``BUDDY_*`` environment variables through pydantic-settings; call
+:func:`get_settings` instead of reading ``os.environ`` anywhere else (STYLE.md).
+:class:`CampaignConfig` is the ``--config`` file: agents, strategy, mode and defaults;
+CLI flags override it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from buddy.errors import ConfigError
+from buddy.models import AgentSpec, Mode, Strategy
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _split_commas(v: Any) -> Any:
+    if isinstance(v, str):
+        return [x.strip() for x in v.split(",") if x.strip()]
+    return v
+
+
+class Settings(BaseSettings):
+    """Process settings from ``BUDDY_*`` environment variables.
+
+    - ``BUDDY_REDIS_URL``: Redis for broker, result backend and state (``redis://``,
+      ``rediss://``, ``unix://``). Unset: ``buddy run`` starts an embedded private Redis.
+    - ``BUDDY_SHELL_ALLOW``: comma list of programs the ``shell`` tool may run (``argv[0]``);
+      empty means none.
+    - ``BUDDY_PYTHON_ALLOW``: comma list of module prefixes ``python.call`` may import.
+    - ``BUDDY_TOOLS``: comma list of modules to import for their ``@buddy.tool`` contracts.
+    - ``BUDDY_VISIBILITY_TIMEOUT_S``: seconds before Redis redelivers an unacked message
+      (Celery ``broker_transport_options.visibility_timeout``), default 3600.
+    - ``BUDDY_HEARTBEAT_INTERVAL_S`` (2) / ``BUDDY_HEARTBEAT_STALE_S`` (10): worker heartbeats.
+    - ``BUDDY_EVENTS_MAXLEN``: approximate cap of a campaign's event stream (XADD MAXLEN ~).
+    - ``BUDDY_LOG_FORMAT``: ``text`` or ``json``; ``BUDDY_LOG_LEVEL``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="BUDDY_", extra="ignore")
+
+    redis_url: str | None = None
+    shell_allow: CommaList = Field(default_factory=list)
+    python_allow: CommaList = Field(default_factory=list)
+    tools: CommaList = Field(default_factory=list)
+    visibility_timeout_s: int = Field(default=3600, ge=10)
+    heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    heartbeat_stale_s: float = Field(default=10.0, gt=0)
+    events_maxlen: int = Field(default=10_000, ge=100)
+    result_expires_s: int = Field(default=86_400, ge=60)
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+
+    _split = field_validator("shell_allow", "python_allow", "tools", mode="before")(_split_commas)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process settings, read from the environment on first call.
+
+    Raises :class:`ConfigError` for a malformed variable.
+    """
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise ConfigError(f"bad BUDDY_* environment: {e}") from None
+
+
+class TaskDefaults(BaseModel):
+    """Defaults for plan fields a line leaves out (the ``defaults:`` section)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    priority: int = Field(default=50, ge=0, le=100)
+    predicted_success: float = Field(default=0.5, ge=0, le=1)
+    confidence: float = Field(default=0.5, ge=0, le=1)
+
+
+class CampaignConfig(BaseModel):
+    """The ``--config campaign.yaml`` file. Every key is optional; CLI flags override it.
+
+    ``shell_allow`` / ``python_allow`` / ``tools`` apply to the local workers that ``buddy run``
+    starts itself; workers of a fleet keep their own ``BUDDY_*`` allow-lists.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    agents: list[AgentSpec] | None = None
+    strategy: Strategy | None = None
+    mode: Mode | None = None
+    workdir: str | None = None
+    local_workers: int | None = Field(default=None, ge=0, le=64)
+    batch_size: int | None = Field(default=None, ge=1, le=1000)
+    shell_allow: list[str] = Field(default_factory=list)
+    python_allow: list[str] = Field(default_factory=list)
+    tools: list[str] = Field(default_factory=list)
+    defaults: TaskDefaults = Field(default_factory=TaskDefaults)
+
+
+def load_campaign_config(path: Path) -> CampaignConfig:
+    """Read and validate a campaign YAML file.
+
+    Raises :class:`ConfigError` with ``FILE: field: message`` lines for a missing file,
+    bad YAML (with its line) or fields that fail validation.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return CampaignConfig.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "(root)"
+            lines.append(f"{path}: {loc}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def parse_agents(value: str | None, default: int = 3) -> list[AgentSpec]:
+    """``--agents``: ``a1,a2,a3`` or a count ``3`` (→ a1..a3); None gives ``default`` agents.
+
+    Raises :class:`ConfigError` for an empty list, a non-positive count or a bad id.
+    """
+    if value is None or value.strip() == "":
+        return [AgentSpec(id=f"a{i}") for i in range(1, default + 1)]
+    value = value.strip()
+    if value.isdigit():
+        n = int(value)
+        if not 1 <= n <= 256:
+            raise ConfigError(f"--agents {value}: a count must be 1..256")
+        return [AgentSpec(id=f"a{i}") for i in range(1, n + 1)]
+    ids = [x.strip() for x in value.split(",") if x.strip()]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"--agents {value}: an agent id is repeated")
+    try:
+        return [AgentSpec(id=i) for i in ids]
+    except ValidationError as e:
+        raise ConfigError(f"--agents {value}: {e.errors()[0]['msg']}") from None

@@ -1,0 +1,78 @@
+"""Errors raised by Buddy.
+
+Every error Buddy raises on purpose derives from :class:`BuddyError`, so a caller can
+catch one root. The tree::
+
+    BuddyError
+    ├── ConfigError            bad settings or campaign.yaml (exit code 2 at the CLI)
+    ├── PlanError              the plan, schedule or config failed validation (exit code 2)
+    ├── ContractError          a tool contract was refused at registration
+    ├── UnknownToolError       a tool name that no registry entry has
+    ├── ToolError              raised *by a tool* to report a failed effect; becomes an outcome
+    │   └── RetryableToolError a transient failure: the retry policy applies
+    ├── StateError             Redis state is not what the caller required
+    └── InfrastructureError    Redis or worker processes could not be started or reached
+
+Tool errors never travel through Celery: the worker turns them into outcomes
+(DESIGN.md, "Failures are data").
+"""
+
+from __future__ import annotations
+
+
+class BuddyError(Exception):
+    """Root of every error Buddy raises on purpose."""
+
+
+class ConfigError(BuddyError):
+    """Raised when settings or a campaign config file are invalid."""
+
+
+class PlanError(BuddyError):
+    """Raised when a plan fails validation.
+
+    ``errors`` holds every problem found (at most 50), each already formatted as
+    ``FILE:LINE: message``; ``str(err)`` joins them with newlines.
+    """
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+class ContractError(BuddyError):
+    """Raised when a tool contract is malformed or clashes with a registered one."""
+
+
+class UnknownToolError(BuddyError):
+    """Raised when a tool name is not in the registry; the message lists the known ones."""
+
+
+class ToolError(BuddyError):
+    """Raised by a tool when its effect failed; the worker records it as a ``failed`` outcome.
+
+    ``error_type`` names the failure for the outcome (default: the class name).
+    """
+
+    retryable = False
+
+    def __init__(self, message: str, *, error_type: str | None = None) -> None:
+        super().__init__(message)
+        self.error_type = error_type or type(self).__name__
+
+
+class RetryableToolError(ToolError):
+    """A transient tool failure (5xx, connection refused, a flaky dependency).
+
+    The tool's retry policy decides whether and when the task runs again.
+    """
+
+    retryable = True
+
+
+class StateError(BuddyError):
+    """Raised when Redis state does not match what an operation requires."""
+
+
+class InfrastructureError(BuddyError):
+    """Raised when Redis or worker processes cannot be started, reached or found."""

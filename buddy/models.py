@@ -1,0 +1,324 @@
+"""Records that cross a process boundary or land in an output file (DESIGN.md, "Outputs").
+
+Every record is a pydantic model; JSONL files hold one ``model_dump_json()`` per line,
+timestamps are timezone-aware UTC, fractions are 0–1 and health is 0–100.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+TASK_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+AGENT_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class Risk(StrEnum):
+    """How much harm a tool's live effect can do; drives escalation (DESIGN.md, safety gates)."""
+
+    LOW = "LOW"
+    MEDIUM = "MEDIUM"
+    HIGH = "HIGH"
+    CRITICAL = "CRITICAL"
+
+
+class Mode(StrEnum):
+    """Execution mode of a campaign or of one task (DESIGN.md, "Execution modes")."""
+
+    MOCK = "mock"
+    DRY_RUN = "dry_run"
+    LIVE = "live"
+
+
+class TaskStatus(StrEnum):
+    """Where a task stands. The last group are final: a task with one never runs again."""
+
+    PENDING = "pending"
+    VALIDATED = "validated"
+    AWAITING_APPROVAL = "awaiting_approval"
+    APPROVED = "approved"
+    QUEUED = "queued"
+    RUNNING = "running"
+    # final
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    DENIED = "denied"
+    SKIPPED = "skipped"
+    NEEDS_REVIEW = "needs_review"
+    ROLLED_BACK = "rolled_back"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset(
+    {
+        TaskStatus.SUCCEEDED,
+        TaskStatus.FAILED,
+        TaskStatus.TIMED_OUT,
+        TaskStatus.DENIED,
+        TaskStatus.SKIPPED,
+        TaskStatus.NEEDS_REVIEW,
+        TaskStatus.ROLLED_BACK,
+    }
+)
+
+
+class Strategy(StrEnum):
+    """How unpinned tasks are assigned to agents; see :mod:`buddy.plan` for definitions."""
+
+    ROUND_ROBIN = "round_robin"
+    LOAD_BALANCED = "load_balanced"
+    PRIORITY = "priority"
+    CONFIDENCE = "confidence"
+
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ResourceClaim(_Strict):
+    """A claim a task makes on a named resource: ``write`` is exclusive, ``read`` shared."""
+
+    name: str = Field(min_length=1, max_length=512)
+    mode: Literal["read", "write"] = "write"
+
+
+class PlanTask(_Strict):
+    """One line of a plan (the Phase 20 predictions format). Unknown fields are errors."""
+
+    task_id: str
+    tool: str = Field(min_length=1)
+    args: dict[str, Any] = Field(default_factory=dict)
+    agent: str | None = None
+    wave: int | None = Field(default=None, ge=1)
+    depends_on: list[str] = Field(default_factory=list)
+    resources: list[ResourceClaim] = Field(default_factory=list)
+    priority: int = Field(default=50, ge=0, le=100)
+    predicted_success: Fraction = 0.5
+    confidence: Fraction = 0.5
+    trigger_rule: Literal["all_success", "all_done"] = "all_success"
+
+    @field_validator("task_id")
+    @classmethod
+    def _task_id(cls, v: str) -> str:
+        if not TASK_ID_RE.match(v):
+            raise ValueError("task_id must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+        return v
+
+    @field_validator("resources", mode="before")
+    @classmethod
+    def _resources(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"name": r} if isinstance(r, str) else r for r in v]
+        return v
+
+
+class ScheduleEntry(_Strict):
+    """One line of a schedule file: pins a task to an agent and/or a wave."""
+
+    task_id: str
+    agent: str | None = None
+    wave: int | None = Field(default=None, ge=1)
+
+
+class AgentSpec(_Strict):
+    """An agent of the campaign: its id, the tools it offers (None: all) and its concurrency."""
+
+    id: str
+    tools: list[str] | None = None
+    concurrency: int = Field(default=2, ge=1, le=256)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not AGENT_ID_RE.match(v):
+            raise ValueError("agent id must be 1-64 characters of A-Z a-z 0-9 _ . -")
+        return v
+
+    @property
+    def queue(self) -> str:
+        return agent_queue(self.id)
+
+    def offers(self, tool: str) -> bool:
+        return self.tools is None or tool in self.tools
+
+
+def agent_queue(agent_id: str) -> str:
+    """The Celery queue of an agent: ``buddy.agent.<id>``."""
+    return f"buddy.agent.{agent_id}"
+
+
+COORDINATOR_QUEUE = "buddy.coordinator"
+
+
+class TaskSpec(BaseModel):
+    """What the coordinator sends a worker for one task (inside a batch message)."""
+
+    task_id: str
+    tool: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    mode: Mode = Mode.MOCK
+    mode_reason: str | None = None
+    workdir: str = "."
+    planned_agent: str | None = None
+    planned_wave: int | None = None
+
+
+class AttemptError(BaseModel):
+    """One failed attempt of a task."""
+
+    attempt: int
+    error_type: str
+    error_msg: str
+    at: datetime
+
+
+class Outcome(BaseModel):
+    """The record of one task's execution; a line of ``executed_tasks.jsonl``.
+
+    ``duration_ms`` is wall time of the last attempt; ``attempts`` counts every try.
+    """
+
+    task_id: str
+    campaign_id: str
+    agent_id: str | None
+    wave: int
+    status: TaskStatus
+    mode: Mode
+    mode_reason: str | None = None
+    attempts: int = 0
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    duration_ms: float = 0.0
+    result: dict[str, Any] | None = None
+    error_type: str | None = None
+    error_msg: str | None = None
+    worker: str | None = None
+    tool: str | None = None
+    errors: list[AttemptError] = Field(default_factory=list)
+    fencing_token: int | None = None
+
+
+class ToolExecutionLogEntry(BaseModel):
+    """One line of ``tool_execution_log.jsonl``: one attempt of one tool call."""
+
+    campaign_id: str
+    task_id: str
+    tool: str
+    agent_id: str | None
+    wave: int
+    mode: Mode
+    attempt: int
+    status: TaskStatus
+    start_time: datetime | None
+    end_time: datetime | None
+    duration_ms: float
+    error_type: str | None = None
+    error_msg: str | None = None
+    worker: str | None = None
+
+
+class AgentAssignment(BaseModel):
+    """One line of ``wave_<n>/agent_<id>/agent_assignments.jsonl``."""
+
+    task_id: str
+    agent_id: str
+    wave: int
+    tool: str
+    pinned: bool
+    strategy: Strategy
+    priority: int
+    predicted_success: float
+    confidence: float
+    mode: Mode
+    mode_reason: str | None = None
+
+
+class StatusCounts(BaseModel):
+    """Tasks per final status."""
+
+    total: int = 0
+    by_status: dict[str, int] = Field(default_factory=dict)
+
+    def add(self, status: str) -> None:
+        self.total += 1
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+
+    @property
+    def succeeded(self) -> int:
+        return self.by_status.get(TaskStatus.SUCCEEDED.value, 0)
+
+
+class AgentSummary(BaseModel):
+    """Per-agent totals of a wave or a campaign; durations in milliseconds."""
+
+    agent_id: str
+    counts: StatusCounts = Field(default_factory=StatusCounts)
+    busy_ms: float = 0.0
+    mean_duration_ms: float = 0.0
+    workers: list[str] = Field(default_factory=list)
+
+
+class WaveSummary(BaseModel):
+    """What ``wave_complete`` computes from the wave's outcomes."""
+
+    campaign_id: str
+    wave: int
+    counts: StatusCounts
+    agents: dict[str, AgentSummary]
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    wall_s: float = 0.0
+    success_rate: float = 0.0
+    throughput_tps: float = 0.0
+
+
+class CampaignInfo(BaseModel):
+    """``campaign.json``: the config, plan digest and versions of a campaign."""
+
+    campaign_id: str
+    plan_path: str
+    plan_digest: str
+    schedule_path: str | None = None
+    config_path: str | None = None
+    mode: Mode
+    strategy: Strategy
+    agents: list[AgentSpec]
+    workdir: str
+    tasks: int
+    waves: int
+    created_at: datetime
+    redis: str
+    embedded: bool
+    versions: dict[str, str]
+
+
+class ExecutionSummary(BaseModel):
+    """``execution_summary.json``: totals, per agent, per wave, start and end."""
+
+    campaign_id: str
+    status: Literal["succeeded", "finished_with_failures", "aborted", "interrupted", "running"]
+    exit_code: int
+    mode: Mode
+    counts: StatusCounts
+    agents: dict[str, AgentSummary]
+    waves: list[WaveSummary]
+    start_time: datetime
+    end_time: datetime | None
+    wall_s: float
+    abort_reason: str | None = None
