@@ -9,7 +9,9 @@ catch one root. The tree::
     ├── ContractError          a tool contract was refused at registration
     ├── UnknownToolError       a tool name that no registry entry has
     ├── ToolError              raised *by a tool* to report a failed effect; becomes an outcome
-    │   └── RetryableToolError a transient failure: the retry policy applies
+    │   ├── RetryableToolError a transient failure: the retry policy applies
+    │   ├── ToolDeniedError    a worker policy refused the call (allow-lists): outcome ``denied``
+    │   └── ToolTimeoutError   the call ran past its timeout: outcome ``timed_out``
     ├── StateError             Redis state is not what the caller required
     └── InfrastructureError    Redis or worker processes could not be started or reached
 
@@ -68,6 +70,15 @@ class RetryableToolError(ToolError):
     """
 
     retryable = True
+
+
+class ToolDeniedError(ToolError):
+    """Raised by a tool when a policy of the worker forbids the call (``BUDDY_SHELL_ALLOW``,
+    ``BUDDY_PYTHON_ALLOW``); the outcome's status is ``denied`` and nothing ran."""
+
+
+class ToolTimeoutError(ToolError):
+    """Raised when a tool ran past its timeout and was stopped; the outcome is ``timed_out``."""
 
 
 class StateError(BuddyError):
