@@ -211,6 +211,7 @@ class Outcome(BaseModel):
     worker: str | None = None
     tool: str | None = None
     errors: list[AttemptError] = Field(default_factory=list)
+    rolled_back: bool = False
     fencing_token: int | None = None
 
 

@@ -85,6 +85,7 @@ class ToolContext:
     fencing_token: int | None = None
     deadline: float | None = None
     undo: dict[str, Any] | None = None
+    on_undo: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False)
 
     def path(self, p: str | Path) -> Path:
         """``p`` made absolute against the campaign's workdir."""
@@ -92,8 +93,11 @@ class ToolContext:
         return q if q.is_absolute() else (self.workdir / q)
 
     def record_undo(self, data: dict[str, Any]) -> None:
-        """Keep ``data`` (JSON-able) for this call's rollback."""
+        """Keep ``data`` (JSON-able) for this call's rollback; the worker persists it in Redis
+        before the tool goes on, so a rollback works even after the worker died."""
         self.undo = data
+        if self.on_undo is not None:
+            self.on_undo(data)
 
 
 ArgsFn = Callable[[Any], Any]
@@ -215,11 +219,7 @@ class ToolContract:
 
     def _check_result(self, value: Any) -> dict[str, Any]:
         try:
-            model = (
-                value
-                if isinstance(value, self.result_model)
-                else self.result_model.model_validate(value)
-            )
+            model = value if isinstance(value, self.result_model) else self.result_model.model_validate(value)
         except ValidationError as e:
             raise ToolError(
                 f"tool {self.name!r} returned a result that does not match its result model: "

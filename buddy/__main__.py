@@ -1,0 +1,5 @@
+"""``python -m buddy`` is the ``buddy`` command."""
+
+from buddy.cli import main
+
+main()

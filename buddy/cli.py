@@ -1,0 +1,500 @@
+"""The ``buddy`` command (typer + rich).
+
+Exit codes: 0 all succeeded, 1 finished with other statuses, 2 invalid input (nothing was
+dispatched), 3 aborted (a rule fired, or the fleet could not be reached), 130 interrupted.
+A mistake in the input prints ``FILE:LINE: message`` lines, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from buddy.config import CampaignConfig, get_settings, load_campaign_config, parse_agents
+from buddy.errors import BuddyError, ConfigError, ContractError, InfrastructureError, PlanError
+from buddy.models import AgentSpec, Mode, Strategy, agent_queue
+from buddy.plan import CampaignPlan, build_plan, summary_table
+
+app = typer.Typer(
+    name="buddy",
+    help="Run agent task plans as wave campaigns on a Celery + Redis worker fleet.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+EXIT_INVALID, EXIT_ABORTED, EXIT_INTERRUPTED = 2, 3, 130
+
+
+def _fail(message: str, code: int = EXIT_INVALID) -> NoReturn:
+    err.print(message, markup=False, highlight=False)
+    raise typer.Exit(code)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for logs, outputs and screens)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+
+
+# -- shared loading -------------------------------------------------------------------------
+
+
+def _load_config(path: Path | None) -> CampaignConfig:
+    return load_campaign_config(path) if path else CampaignConfig()
+
+
+def _resolve_agents(flag: str | None, config: CampaignConfig) -> list[AgentSpec]:
+    if flag is not None:
+        agents = parse_agents(flag)
+        if config.agents:  # keep tools/concurrency the config gives for the same ids
+            known = {a.id: a for a in config.agents}
+            agents = [known.get(a.id, a) for a in agents]
+        return agents
+    return config.agents or parse_agents(None)
+
+
+def _plan(
+    plan: Path,
+    schedule: Path | None,
+    config: CampaignConfig,
+    agents: list[AgentSpec],
+    strategy: Strategy,
+    workdir: Path,
+    tools: list[str],
+) -> CampaignPlan:
+    from buddy.tools.registry import default_registry
+
+    registry = default_registry([*get_settings().tools, *config.tools, *tools])
+    return build_plan(
+        plan,
+        registry,
+        agents,
+        strategy,
+        schedule_path=schedule,
+        defaults=config.defaults,
+        workdir=workdir,
+    )
+
+
+def _split(values: list[str] | None) -> list[str]:
+    return [x.strip() for v in values or [] for x in v.split(",") if x.strip()]
+
+
+# -- commands -------------------------------------------------------------------------------
+
+PlanArg = Annotated[Path, typer.Argument(help="The plan: JSONL, one task per line.")]
+ScheduleOpt = Annotated[
+    Path | None, typer.Option("--schedule", help="JSONL lines {task_id, agent, wave} that pin tasks.")
+]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="campaign.yaml: agents, strategy, mode, defaults.")
+]
+AgentsOpt = Annotated[
+    str | None, typer.Option("--agents", help="Agent ids 'a1,a2,a3' or a count '3' (→ a1..a3). Default 3.")
+]
+StrategyOpt = Annotated[
+    Strategy | None,
+    typer.Option("--strategy", help="How unpinned tasks are assigned (see README). Default round_robin."),
+]
+WorkdirOpt = Annotated[
+    Path | None, typer.Option("--workdir", help="Where relative paths in tool args resolve. Default: cwd.")
+]
+ToolsOpt = Annotated[
+    list[str] | None, typer.Option("--tools", help="Module(s) to import for their @buddy.tool contracts.")
+]
+
+
+@app.command()
+def validate(
+    plan: PlanArg,
+    schedule: ScheduleOpt = None,
+    config: ConfigOpt = None,
+    agents: AgentsOpt = None,
+    strategy: StrategyOpt = None,
+    workdir: WorkdirOpt = None,
+    tools: ToolsOpt = None,
+) -> None:
+    """Validate a plan (nothing is dispatched) and print its waves × agents."""
+    try:
+        cfg = _load_config(config)
+        specs = _resolve_agents(agents, cfg)
+        wd = (workdir or Path(cfg.workdir or ".")).resolve()
+        cp = _plan(
+            plan, schedule, cfg, specs, strategy or cfg.strategy or Strategy.ROUND_ROBIN, wd, _split(tools)
+        )
+    except (PlanError, ConfigError, ContractError) as e:
+        _fail(str(e))
+    rows = summary_table(cp)
+    table = Table(title=f"{plan}: {len(cp.tasks)} tasks, {len(cp.waves)} waves, strategy {cp.strategy.value}")
+    for h in ["wave", *[a.id for a in cp.agents], "total"]:
+        table.add_column(h, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+    out.print(f"plan OK (sha256 {cp.digest})")
+
+
+@app.command()
+def run(
+    plan: PlanArg,
+    schedule: ScheduleOpt = None,
+    config: ConfigOpt = None,
+    agents: AgentsOpt = None,
+    strategy: StrategyOpt = None,
+    mode: Annotated[
+        Mode | None, typer.Option("--mode", help="mock (default: nothing runs), dry_run (previews) or live.")
+    ] = None,
+    workdir: WorkdirOpt = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Output folder. Default outputs/<campaign>.")
+    ] = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            "--redis-url", help="Redis of the fleet. Default: BUDDY_REDIS_URL, else an embedded Redis."
+        ),
+    ] = None,
+    local_workers: Annotated[
+        int | None,
+        typer.Option(
+            "--local-workers",
+            min=0,
+            help="Local worker processes per agent. Default 1 with the embedded Redis, 0 with a Redis URL.",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", min=1, max=1000, help="Tasks per Celery message. Default: adaptive."),
+    ] = None,
+    worker_wait: Annotated[
+        float,
+        typer.Option("--worker-wait", min=1, help="Seconds an agent may have no live worker before abort."),
+    ] = 10.0,
+    tools: ToolsOpt = None,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show the progress bars.")
+    ] = True,
+) -> None:
+    """Run a plan as a wave campaign and write its outputs."""
+    from buddy.coordinator import CampaignOptions, Coordinator, new_campaign_id
+    from buddy.fleet import LocalFleet
+    from buddy.redis_server import EmbeddedRedis
+    from buddy.state import Store
+    from buddy.tools.registry import default_registry
+    from buddy.transport import make_dispatcher, redis_client
+
+    try:
+        settings = get_settings()
+        cfg = _load_config(config)
+        specs = _resolve_agents(agents, cfg)
+        wd = (workdir or Path(cfg.workdir or ".")).resolve()
+        strat = strategy or cfg.strategy or Strategy.ROUND_ROBIN
+        tool_modules = [*settings.tools, *cfg.tools, *_split(tools)]
+        cp = _plan(plan, schedule, cfg, specs, strat, wd, tool_modules)
+    except (PlanError, ConfigError, ContractError) as e:
+        _fail(str(e))
+
+    cid = new_campaign_id()
+    out_root = out_dir or Path("outputs") / cid
+    url = redis_url or settings.redis_url
+    n_local = (
+        local_workers
+        if local_workers is not None
+        else (cfg.local_workers if cfg.local_workers is not None else (0 if url else 1))
+    )
+    worker_env = {"BUDDY_TOOLS": ",".join(tool_modules)}
+    if cfg.shell_allow:
+        worker_env["BUDDY_SHELL_ALLOW"] = ",".join(sorted({*settings.shell_allow, *cfg.shell_allow}))
+    if cfg.python_allow:
+        worker_env["BUDDY_PYTHON_ALLOW"] = ",".join(sorted({*settings.python_allow, *cfg.python_allow}))
+
+    embedded: EmbeddedRedis | None = None
+    fleet: LocalFleet | None = None
+    previous = signal.signal(signal.SIGTERM, _sigterm)
+    code = EXIT_ABORTED
+    try:
+        if url is None:
+            embedded = EmbeddedRedis().start()
+            url = embedded.url
+        if n_local:
+            fleet = LocalFleet(
+                url, specs, workers_per_agent=n_local, env=worker_env, log_dir=out_root / "logs"
+            )
+            fleet.start()
+        store = Store(
+            redis_client(url), events_maxlen=settings.events_maxlen, stale_s=settings.heartbeat_stale_s
+        )
+        store.r.ping()
+        coordinator = Coordinator(
+            cp,
+            store,
+            make_dispatcher(url, settings),
+            default_registry(tool_modules),
+            CampaignOptions(
+                mode=mode or cfg.mode or Mode.MOCK,
+                workdir=wd,
+                out_dir=out_root,
+                batch_size=batch_size or cfg.batch_size,
+                worker_wait_s=worker_wait,
+                progress=progress,
+                campaign_id=cid,
+                redis_display="embedded" if embedded else redact_url(url),
+                embedded=embedded is not None,
+                schedule_path=schedule,
+                config_path=config,
+            ),
+            console=err,
+        )
+        summary = coordinator.run()
+        code = summary.exit_code
+        err.print(
+            f"{summary.status}: {summary.counts.succeeded}/{len(cp.tasks)} succeeded "
+            f"in {summary.wall_s:.1f} s; outputs in {out_root}",
+            highlight=False,
+        )
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+        err.print("interrupted")
+    except (InfrastructureError, OSError) as e:
+        err.print(f"cannot run the campaign: {e}", markup=False)
+    except Exception as e:
+        import redis as redis_mod
+
+        if not isinstance(e, redis_mod.RedisError):
+            raise
+        err.print(f"cannot reach Redis at {redact_url(url or '')}: {e}", markup=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if fleet is not None:
+            fleet.stop()
+        if embedded is not None:
+            embedded.stop()
+    raise typer.Exit(code)
+
+
+def _sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@app.command()
+def worker(
+    agent: Annotated[
+        list[str], typer.Option("--agent", help="Agent id whose queue to consume (repeatable).")
+    ],
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", min=1, help="Pool size.")] = None,
+    pool: Annotated[str, typer.Option("--pool", "-P", help="prefork, threads or solo.")] = "prefork",
+    name: Annotated[
+        str | None, typer.Option("--name", "-n", help="Worker node name (default <agents>@host).")
+    ] = None,
+    redis_url: Annotated[str | None, typer.Option("--redis-url", help="Default: BUDDY_REDIS_URL.")] = None,
+    tools: ToolsOpt = None,
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO",
+    local: Annotated[
+        bool, typer.Option("--local", hidden=True, help="Started by `buddy run`: skip mingle and gossip.")
+    ] = False,
+    coordinator_queue: Annotated[
+        bool, typer.Option("--coordinator-queue/--no-coordinator-queue", help="Also run chord bodies.")
+    ] = True,
+) -> None:
+    """Start a Celery worker on the agents' queues (buddy.agent.<id>) and buddy.coordinator."""
+    from buddy.models import AGENT_ID_RE, COORDINATOR_QUEUE
+
+    ids = _split(agent)
+    bad = [a for a in ids if not AGENT_ID_RE.match(a)]
+    if not ids or bad:
+        _fail(f"--agent: bad agent id(s) {', '.join(bad) or '(none)'}: use 1-64 of A-Z a-z 0-9 _ . -")
+    if pool not in ("prefork", "threads", "solo"):
+        _fail("--pool must be prefork, threads or solo")
+    if redis_url:
+        os.environ["BUDDY_REDIS_URL"] = redis_url
+    if tools:
+        os.environ["BUDDY_TOOLS"] = ",".join([*get_settings().tools, *_split(tools)])
+    get_settings.cache_clear()
+    try:
+        from buddy.tools.registry import default_registry
+
+        default_registry(get_settings().tools)  # fail now, not on the first task
+    except ContractError as e:
+        _fail(str(e))
+    from workers import app as celery_app
+
+    queues = [agent_queue(a) for a in ids] + ([COORDINATOR_QUEUE] if coordinator_queue else [])
+    argv = ["worker", "-Q", ",".join(queues), "-P", pool, "-l", loglevel, "-E"]
+    argv += ["-n", f"{name or '-'.join(ids)}@%h"]
+    if concurrency:
+        argv += ["-c", str(concurrency)]
+    if local:  # a private fleet has no neighbours to sync revokes with: start 1 s sooner
+        argv += ["--without-mingle", "--without-gossip"]
+    celery_app.worker_main(argv)
+
+
+@app.command("tools")
+def tools_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Every contract with its argument schema.")] = False,
+    tools: ToolsOpt = None,
+) -> None:
+    """List the registered tools and their contracts."""
+    from buddy.tools.registry import default_registry
+
+    try:
+        registry = default_registry([*get_settings().tools, *_split(tools)])
+    except ContractError as e:
+        _fail(str(e))
+    settings = get_settings()
+    if as_json:
+        print(json.dumps([c.describe() for c in registry], indent=2))
+        return
+    table = Table(title="tools")
+    for col in (
+        "name",
+        "risk",
+        "reversible",
+        "idempotent",
+        "exclusive",
+        "timeout s",
+        "retries",
+        "description",
+    ):
+        table.add_column(col)
+    for c in registry:
+        table.add_row(
+            c.name,
+            c.risk.value,
+            "yes" if c.reversible else "no",
+            "yes" if c.idempotent else ("by args" if c.idempotent_of else "no"),
+            "yes" if c.exclusive else "no",
+            f"{c.timeout_s:g}",
+            str(c.retry.max_attempts - 1),
+            c.description,
+        )
+    out.print(table)
+    out.print(
+        f"shell allow-list (BUDDY_SHELL_ALLOW): {', '.join(settings.shell_allow) or '(empty: shell denies all)'}"
+    )
+    out.print(
+        f"python.call allow-list (BUDDY_PYTHON_ALLOW): {', '.join(settings.python_allow) or '(empty: denies all)'}"
+    )
+
+
+def _store(redis_url: str | None) -> object:
+    from buddy.state import Store
+    from buddy.transport import DEFAULT_REDIS_URL, redis_client
+
+    settings = get_settings()
+    url = redis_url or settings.redis_url or DEFAULT_REDIS_URL
+    return Store(redis_client(url), stale_s=settings.heartbeat_stale_s), url
+
+
+@app.command()
+def status(
+    campaign: Annotated[str | None, typer.Argument(help="Campaign id; none lists recent campaigns.")] = None,
+    redis_url: Annotated[str | None, typer.Option("--redis-url", help="Default: BUDDY_REDIS_URL.")] = None,
+) -> None:
+    """Show campaigns and their waves, read from Redis."""
+    import redis as redis_mod
+
+    from buddy.state import Store
+
+    store, url = _store(redis_url)
+    assert isinstance(store, Store)
+    try:
+        if campaign is None:
+            table = Table(title="campaigns")
+            for col in ("campaign", "status", "mode", "tasks", "waves", "current wave", "created"):
+                table.add_column(col)
+            for cid in store.campaign_ids():
+                c = store.campaign(cid)
+                table.add_row(
+                    cid, c.get("status", "?"), c.get("mode", ""), c.get("tasks", ""), c.get("waves", ""),
+                    c.get("current_wave", ""), c.get("created_at", ""),
+                )  # fmt: skip
+            out.print(table)
+            return
+        c = store.campaign(campaign)
+        if not c:
+            _fail(f"no campaign {campaign!r} in Redis at {redact_url(url)}")
+        out.print(
+            f"[bold]{campaign}[/]: {c.get('status')} (mode {c.get('mode')}, {c.get('tasks')} tasks, "
+            f"{c.get('waves')} waves, outputs {c.get('out_dir')})"
+        )
+        table = Table()
+        for col in ("wave", "dispatched", "done", "failed", "running", "started"):
+            table.add_column(col)
+        for n in range(1, int(c.get("current_wave") or 0) + 1):
+            w = store.wave_counters(campaign, n)
+            if w:
+                table.add_row(
+                    str(n), w.get("dispatched", "0"), w.get("done", "0"), w.get("failed", "0"),
+                    w.get("running", "0"), w.get("started_at", ""),
+                )  # fmt: skip
+        out.print(table)
+    except redis_mod.RedisError as e:
+        _fail(f"cannot reach Redis at {redact_url(url)}: {e}", EXIT_ABORTED)
+
+
+@app.command()
+def agents(
+    redis_url: Annotated[str | None, typer.Option("--redis-url", help="Default: BUDDY_REDIS_URL.")] = None,
+) -> None:
+    """Show every agent's state: status, live workers, in flight, processed, failed."""
+    import redis as redis_mod
+
+    from buddy.state import Store
+
+    store, url = _store(redis_url)
+    assert isinstance(store, Store)
+    try:
+        table = Table(title="agents")
+        for col in (
+            "agent",
+            "queue",
+            "status",
+            "live workers",
+            "heartbeat age s",
+            "in flight",
+            "processed",
+            "failed",
+        ):
+            table.add_column(col)
+        for aid in store.agent_ids():
+            a = store.agent_info(aid)
+            table.add_row(
+                aid,
+                agent_queue(aid),
+                a.status,
+                ", ".join(a.live_workers) or "–",
+                f"{a.heartbeat_age_s:.1f}" if a.heartbeat_age_s is not None else "–",
+                str(a.in_flight),
+                str(a.processed),
+                str(a.failed),
+            )
+        out.print(table)
+    except redis_mod.RedisError as e:
+        _fail(f"cannot reach Redis at {redact_url(url)}: {e}", EXIT_ABORTED)
+
+
+def main() -> None:
+    """Entry point of the ``buddy`` console script."""
+    try:
+        app()
+    except BuddyError as e:  # a user-facing error that escaped a command
+        err.print(f"error: {e}", markup=False)
+        sys.exit(EXIT_INVALID if isinstance(e, (PlanError, ConfigError, ContractError)) else EXIT_ABORTED)

@@ -1,0 +1,496 @@
+"""The campaign loop: dispatch each wave as a Celery chord, wait, write outputs (DESIGN.md, data flow).
+
+:class:`Coordinator` takes a validated :class:`~buddy.plan.CampaignPlan` and runs it:
+
+1. records the campaign in Redis and writes ``campaign.json``;
+2. waits (at most ``worker_wait_s``) until every agent with work has a live worker,
+   else aborts, naming the queues nobody consumes, instead of hanging;
+3. per wave: tasks whose dependencies did not succeed become ``skipped``
+   (``upstream_failed``) unless their ``trigger_rule`` is ``all_done``; tasks that already
+   have an outcome are not sent again; the rest go out as one chord: a header of
+   ``buddy.execute_batch`` messages on ``buddy.agent.<id>`` (micro-batches of one agent's
+   tasks) and the body ``buddy.wave_complete`` on ``buddy.coordinator``;
+4. waits for the body's summary (BLPOP on the wave's ``:done`` list, no result polling),
+   showing done / failed / running on a progress bar, and writes the wave's outputs;
+5. writes ``execution_summary.json`` and ``report.md``.
+
+Exit codes: 0 all succeeded, 1 finished with any other status, 3 aborted, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, chord
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from buddy.models import (
+    COORDINATOR_QUEUE,
+    AgentAssignment,
+    AgentSummary,
+    CampaignInfo,
+    ExecutionSummary,
+    Mode,
+    Outcome,
+    StatusCounts,
+    TaskSpec,
+    TaskStatus,
+    ToolExecutionLogEntry,
+    WaveSummary,
+    agent_queue,
+    utcnow,
+)
+from buddy.monitor import summarize_wave
+from buddy.outputs import OutputWriter
+from buddy.plan import CampaignPlan, PlannedTask
+from buddy.report import render_report
+from buddy.state import Store
+from buddy.tools.registry import ToolRegistry
+from buddy.transport import EXECUTE_TASK, WAVE_COMPLETE_TASK
+
+EXIT_OK, EXIT_FAILURES, EXIT_INVALID, EXIT_ABORTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+#: Batches whose tasks are expected to take at least this long go one per message.
+LONG_TASK_S = 0.5
+#: Upper bound on tasks per message.
+MAX_BATCH = 64
+
+
+def new_campaign_id(now: datetime | None = None) -> str:
+    """``c-YYYYmmddTHHMMSS-xxxxxx`` (UTC time and 6 random hex digits)."""
+    now = now or utcnow()
+    return f"c-{now:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+
+
+def batch_size(n_tasks: int, slots: int, expected_s: float | None, fixed: int | None = None) -> int:
+    """Tasks per Celery message for one agent's share of a wave.
+
+    ``fixed`` (``--batch-size``) wins. Tasks expected to take ``LONG_TASK_S`` or longer go
+    one per message so they spread over workers; otherwise about four messages per
+    execution slot (``slots`` = concurrency × live workers), at most ``MAX_BATCH`` tasks each,
+    which keeps every slot busy while Celery's per-message cost is shared by many tasks.
+    """
+    if fixed:
+        return fixed
+    if expected_s is not None and expected_s >= LONG_TASK_S:
+        return 1
+    return max(1, min(MAX_BATCH, math.ceil(n_tasks / (max(1, slots) * 4))))
+
+
+class CampaignAborted(Exception):
+    """Internal: a rule stopped the campaign; ``reason`` goes into the summary and report."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class CampaignOptions:
+    """How one campaign runs. Seconds for every ``*_s``."""
+
+    mode: Mode = Mode.MOCK
+    workdir: Path = field(default_factory=Path.cwd)
+    out_dir: Path | None = None
+    outputs_root: Path = Path("outputs")
+    batch_size: int | None = None
+    worker_wait_s: float = 10.0
+    progress: bool = True
+    campaign_id: str | None = None
+    redis_display: str = ""
+    embedded: bool = False
+    schedule_path: Path | None = None
+    config_path: Path | None = None
+
+
+class Coordinator:
+    """Runs one campaign of ``plan`` on the fleet behind ``app`` and ``store``."""
+
+    def __init__(
+        self,
+        plan: CampaignPlan,
+        store: Store,
+        app: Celery,
+        registry: ToolRegistry,
+        options: CampaignOptions,
+        console: Console | None = None,
+    ) -> None:
+        self.plan = plan
+        self.store = store
+        self.app = app
+        self.registry = registry
+        self.opts = options
+        self.console = console or Console(stderr=True)
+        self.cid = options.campaign_id or new_campaign_id()
+        self.out = OutputWriter(options.out_dir or options.outputs_root / self.cid)
+        self.outcomes: dict[str, Outcome] = {}
+        self.wave_summaries: list[WaveSummary] = []
+        self.start_time = utcnow()
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self) -> ExecutionSummary:
+        """Run every wave; returns the summary (also written to ``execution_summary.json``)."""
+        self._begin()
+        abort_reason: str | None = None
+        status = "running"
+        progress = self._progress()
+        try:
+            with progress:
+                self._wait_for_workers()
+                for n in self.plan.wave_numbers():
+                    self._run_wave(n, progress)
+        except CampaignAborted as e:
+            abort_reason, status = e.reason, "aborted"
+            self.console.print(f"[red]campaign aborted:[/] {e.reason}")
+        except KeyboardInterrupt:
+            abort_reason, status = "interrupted by the operator (Ctrl-C)", "interrupted"
+            self.console.print("[yellow]interrupted[/]: outputs hold what finished so far")
+        return self._finish(status, abort_reason)
+
+    def _progress(self) -> Progress:
+        return Progress(
+            TextColumn("[bold]wave {task.fields[wave]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("failed [red]{task.fields[failed]}[/] running [cyan]{task.fields[running]}[/]"),
+            TimeElapsedColumn(),
+            console=self.console,
+            disable=not self.opts.progress,
+        )
+
+    def _begin(self) -> None:
+        self.out.create()
+        info = CampaignInfo(
+            campaign_id=self.cid,
+            plan_path=str(self.plan.path),
+            plan_digest=self.plan.digest,
+            schedule_path=str(self.opts.schedule_path) if self.opts.schedule_path else None,
+            config_path=str(self.opts.config_path) if self.opts.config_path else None,
+            mode=self.opts.mode,
+            strategy=self.plan.strategy,
+            agents=self.plan.agents,
+            workdir=str(self.opts.workdir),
+            tasks=len(self.plan.tasks),
+            waves=len(self.plan.waves),
+            created_at=self.start_time,
+            redis=self.opts.redis_display,
+            embedded=self.opts.embedded,
+            versions=_versions(),
+        )
+        self.out.write_json(OutputWriter.CAMPAIGN, info)
+        self.store.create_campaign(
+            self.cid,
+            {
+                "status": "running",
+                "plan_digest": self.plan.digest,
+                "plan_path": str(self.plan.path),
+                "mode": self.opts.mode.value,
+                "waves": str(len(self.plan.waves)),
+                "tasks": str(len(self.plan.tasks)),
+                "out_dir": str(self.out.root),
+                "config": info.model_dump_json(),
+            },
+        )
+        self.store.event(self.cid, "campaign_started", tasks=len(self.plan.tasks), mode=self.opts.mode.value)
+        self.console.print(
+            f"campaign [bold]{self.cid}[/]: {len(self.plan.tasks)} tasks in {len(self.plan.waves)} waves "
+            f"on {len(self.plan.agents)} agents, mode [bold]{self.opts.mode.value}[/]"
+        )
+
+    def _agents_with_work(self, tasks: list[PlannedTask] | None = None) -> list[str]:
+        tasks = tasks if tasks is not None else list(self.plan.tasks.values())
+        return sorted({t.agent for t in tasks})
+
+    def _missing_workers(self, agents: list[str]) -> list[str]:
+        return [a for a in agents if not self.store.live_workers(a)]
+
+    def _wait_for_workers(self) -> None:
+        agents = self._agents_with_work()
+        deadline = time.monotonic() + self.opts.worker_wait_s
+        missing = self._missing_workers(agents)
+        while missing and time.monotonic() < deadline:
+            time.sleep(0.2)
+            missing = self._missing_workers(agents)
+        if missing:
+            raise CampaignAborted(_no_worker_message(missing, self.opts.worker_wait_s))
+
+    def _run_wave(self, n: int, progress: Progress) -> None:
+        tasks = self.plan.waves[n]
+        ids = [t.task.task_id for t in tasks]
+        self.outcomes.update(self.store.outcomes(self.cid, ids))  # resume: never re-run a final outcome
+        skipped: list[Outcome] = []
+        to_send: dict[str, list[PlannedTask]] = defaultdict(list)
+        for pt in tasks:
+            if pt.task.task_id in self.outcomes:
+                continue
+            reason = self._upstream_failure(pt)
+            if reason is not None:
+                skipped.append(self._skipped(pt, reason))
+            else:
+                to_send[pt.agent].append(pt)
+        self._write_assignments(n, tasks)
+        sent = sum(len(v) for v in to_send.values())
+        bar = progress.add_task("", total=len(tasks), wave=n, failed=0, running=0)
+        self.store.start_wave(self.cid, n, dispatched=sent)
+        if skipped:
+            self.store.record_outcomes(skipped)
+        if sent:
+            self._dispatch_and_wait(n, to_send, bar, progress)
+        got = self.store.outcomes(self.cid, ids)
+        self.outcomes.update(got)
+        summary = summarize_wave(self.cid, n, (got[i] for i in ids if i in got))
+        progress.update(
+            bar,
+            completed=len(got),
+            failed=summary.counts.total - summary.counts.succeeded,
+            running=0,
+        )
+        self.wave_summaries.append(summary)
+        self._write_wave_outputs(n, [got[i] for i in ids if i in got])
+        self.store.event(self.cid, "wave_finished", wave=n, by_status=summary.counts.by_status)
+
+    def _dispatch_and_wait(
+        self, n: int, to_send: dict[str, list[PlannedTask]], bar: Any, progress: Progress
+    ) -> None:
+        header = []
+        for agent, pts in sorted(to_send.items()):
+            slots = next((a.concurrency for a in self.plan.agents if a.id == agent), 1)
+            slots *= max(1, len(self.store.live_workers(agent)))
+            expected = [self._expected_s(pt) for pt in pts]
+            known = [e for e in expected if e is not None]
+            size = batch_size(len(pts), slots, max(known) if known else None, self.opts.batch_size)
+            for i in range(0, len(pts), size):
+                items = [self._spec(pt).model_dump(mode="json") for pt in pts[i : i + size]]
+                header.append(
+                    self.app.signature(
+                        EXECUTE_TASK,
+                        kwargs={"campaign_id": self.cid, "wave": n, "agent_id": agent, "items": items},
+                        queue=agent_queue(agent),
+                    )
+                )
+        body = self.app.signature(
+            WAVE_COMPLETE_TASK, kwargs={"campaign_id": self.cid, "wave": n}, queue=COORDINATOR_QUEUE
+        )
+        result = chord(header, app=self.app)(body)
+        self.store.update_campaign(self.cid, current_wave=n, chord_id=result.id)
+        self.store.event(self.cid, "wave_dispatched", wave=n, messages=len(header), chord_id=result.id)
+        agents = sorted(to_send)
+        no_worker_since: dict[str, float] = {}
+        last_check = 0.0
+        while True:
+            summary = self.store.wait_wave_done(self.cid, n, 0.2)
+            c = self.store.wave_counters(self.cid, n)
+            progress.update(
+                bar,
+                completed=int(c.get("done", 0)),
+                failed=int(c.get("failed", 0)),
+                running=max(0, int(c.get("running", 0))),
+            )
+            if summary is not None:
+                return
+            now = time.monotonic()
+            if now - last_check < 1.0:
+                continue
+            last_check = now
+            if result.failed():
+                raise CampaignAborted(
+                    f"wave {n}: the chord failed on an infrastructure fault: {result.result!r}"
+                )
+            for a in agents:
+                if self.store.live_workers(a):
+                    no_worker_since.pop(a, None)
+                else:
+                    no_worker_since.setdefault(a, now)
+            gone = [a for a, t in no_worker_since.items() if now - t >= self.opts.worker_wait_s]
+            if gone:
+                raise CampaignAborted(f"wave {n}: " + _no_worker_message(gone, self.opts.worker_wait_s))
+
+    # -- per task ------------------------------------------------------------------------
+
+    def _expected_s(self, pt: PlannedTask) -> float | None:
+        contract = self.registry.get(pt.task.tool)
+        return contract.expected_duration_s(contract.parse_args(pt.task.args))
+
+    def _spec(self, pt: PlannedTask) -> TaskSpec:
+        return TaskSpec(
+            task_id=pt.task.task_id,
+            tool=pt.task.tool,
+            args=pt.task.args,
+            mode=self.opts.mode,
+            workdir=str(self.opts.workdir),
+            planned_agent=pt.agent,
+            planned_wave=pt.wave,
+        )
+
+    def _upstream_failure(self, pt: PlannedTask) -> str | None:
+        if pt.task.trigger_rule == "all_done":
+            return None
+        for dep in pt.task.depends_on:
+            o = self.outcomes.get(dep)
+            if o is None:
+                return f"dependency {dep!r} has no outcome"
+            if o.status is not TaskStatus.SUCCEEDED:
+                return f"dependency {dep!r} ended {o.status.value}"
+        return None
+
+    def _skipped(self, pt: PlannedTask, reason: str) -> Outcome:
+        now = utcnow()
+        return Outcome(
+            task_id=pt.task.task_id,
+            campaign_id=self.cid,
+            agent_id=pt.agent,
+            wave=pt.wave,
+            status=TaskStatus.SKIPPED,
+            mode=self.opts.mode,
+            attempts=0,
+            start_time=now,
+            end_time=now,
+            error_type="upstream_failed",
+            error_msg=reason,
+            tool=pt.task.tool,
+        )
+
+    # -- outputs -------------------------------------------------------------------------
+
+    def _write_assignments(self, n: int, tasks: list[PlannedTask]) -> None:
+        by_agent: dict[str, list[AgentAssignment]] = defaultdict(list)
+        for pt in tasks:
+            by_agent[pt.agent].append(
+                AgentAssignment(
+                    task_id=pt.task.task_id,
+                    agent_id=pt.agent,
+                    wave=n,
+                    tool=pt.task.tool,
+                    pinned=pt.pinned,
+                    strategy=self.plan.strategy,
+                    priority=pt.task.priority,
+                    predicted_success=pt.task.predicted_success,
+                    confidence=pt.task.confidence,
+                    mode=self.opts.mode,
+                )
+            )
+        for agent, rows in by_agent.items():
+            self.out.write_jsonl(self.out.agent_dir(n, agent) / OutputWriter.ASSIGNMENTS, rows)
+
+    def _write_wave_outputs(self, n: int, outcomes: list[Outcome]) -> None:
+        by_agent: dict[str, list[Outcome]] = defaultdict(list)
+        for o in outcomes:
+            by_agent[o.agent_id or "-"].append(o)
+        for agent, rows in by_agent.items():
+            self.out.write_jsonl(self.out.agent_dir(n, agent) / OutputWriter.EXECUTED, rows)
+        self.out.append_jsonl(OutputWriter.TOOL_LOG, (e for o in outcomes for e in tool_log_entries(o)))
+
+    def _finish(self, status: str, abort_reason: str | None) -> ExecutionSummary:
+        counts = StatusCounts()
+        agents: dict[str, AgentSummary] = {}
+        for o in self.outcomes.values():
+            counts.add(o.status.value)
+        for ws in self.wave_summaries:
+            for aid, a in ws.agents.items():
+                acc = agents.setdefault(aid, AgentSummary(agent_id=aid))
+                for st, k in a.counts.by_status.items():
+                    for _ in range(k):
+                        acc.counts.add(st)
+                acc.busy_ms += a.busy_ms
+                acc.workers = sorted(set(acc.workers) | set(a.workers))
+        for acc in agents.values():
+            ran = acc.counts.total - acc.counts.by_status.get(TaskStatus.SKIPPED.value, 0)
+            acc.mean_duration_ms = acc.busy_ms / ran if ran else 0.0
+        if status == "running":
+            all_ok = counts.total == len(self.plan.tasks) and counts.succeeded == counts.total
+            status = "succeeded" if all_ok else "finished_with_failures"
+        exit_code = {
+            "succeeded": EXIT_OK,
+            "finished_with_failures": EXIT_FAILURES,
+            "aborted": EXIT_ABORTED,
+            "interrupted": EXIT_INTERRUPTED,
+        }[status]
+        end = utcnow()
+        summary = ExecutionSummary(
+            campaign_id=self.cid,
+            status=status,  # type: ignore[arg-type]
+            exit_code=exit_code,
+            mode=self.opts.mode,
+            counts=counts,
+            agents=dict(sorted(agents.items())),
+            waves=self.wave_summaries,
+            start_time=self.start_time,
+            end_time=end,
+            wall_s=(end - self.start_time).total_seconds(),
+            abort_reason=abort_reason,
+        )
+        self.out.write_json(OutputWriter.SUMMARY, summary)
+        failed = [o for o in self.outcomes.values() if o.status is not TaskStatus.SUCCEEDED]
+        self.out.write_text(OutputWriter.REPORT, render_report(summary, self.plan, failed))
+        self.store.update_campaign(self.cid, status=status, ended_at=end.isoformat(), exit_code=exit_code)
+        self.store.event(self.cid, "campaign_finished", status=status, exit_code=exit_code)
+        return summary
+
+
+def tool_log_entries(o: Outcome) -> list[ToolExecutionLogEntry]:
+    """One ``tool_execution_log.jsonl`` line per attempt of ``o``: its earlier failed attempts,
+    then the last one; none for a task whose tool never ran (skipped, invalid)."""
+    common = {
+        "campaign_id": o.campaign_id,
+        "task_id": o.task_id,
+        "tool": o.tool or "",
+        "agent_id": o.agent_id,
+        "wave": o.wave,
+        "mode": o.mode,
+        "worker": o.worker,
+    }
+    rows = [
+        ToolExecutionLogEntry(
+            **common,
+            attempt=e.attempt,
+            status=TaskStatus.FAILED,
+            start_time=None,
+            end_time=e.at,
+            duration_ms=0.0,
+            error_type=e.error_type,
+            error_msg=e.error_msg,
+        )
+        for e in o.errors
+        if e.attempt < o.attempts
+    ]
+    if o.attempts:
+        rows.append(
+            ToolExecutionLogEntry(
+                **common,
+                attempt=o.attempts,
+                status=o.status,
+                start_time=o.start_time,
+                end_time=o.end_time,
+                duration_ms=o.duration_ms,
+                error_type=o.error_type,
+                error_msg=o.error_msg,
+            )
+        )
+    return rows
+
+
+def _no_worker_message(agents: list[str], waited_s: float) -> str:
+    queues = ", ".join(agent_queue(a) for a in agents)
+    starts = "; ".join(f"buddy worker --agent {a}" for a in agents)
+    return f"no live worker consumes {queues} (waited {waited_s:.0f} s); start one: {starts}"
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("buddy", "celery", "kombu", "redis", "pydantic"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out

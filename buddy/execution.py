@@ -1,0 +1,310 @@
+"""Running a batch of tasks on a worker: claim, gate, tool, rollback, outcome (DESIGN.md, data flow).
+
+:class:`Executor` holds no Celery code; ``workers.tasks.execute_batch`` calls
+:meth:`Executor.run_batch` and turns its ``retry`` list into a Celery retry.
+
+For each task of a batch, in order:
+
+1. An outcome already in Redis is returned unchanged (a redelivered message).
+2. The claim ``buddy:campaign:<cid>:claim:<task>`` decides the attempt number: none → 1;
+   ``retry_wait`` → the next attempt; ``running`` with no outcome → an earlier attempt died
+   mid-way: the task runs again only if that is safe (mock/dry run, an idempotent tool, or
+   a reversible one, rolled back first), else it ends ``needs_review``.
+3. The system lock (``buddy lock``) degrades a live task to ``mock``.
+4. The tool runs in the task's mode; tool errors become outcomes: ``ToolDeniedError`` →
+   ``denied``, ``ToolTimeoutError`` → ``timed_out``, a retryable error with attempts left
+   → retried (Celery ``retry`` with the policy's backoff), anything else → ``failed``.
+   A reversible tool that fails after recording undo data is rolled back.
+5. Outcomes are written in one pipeline: at once after a task with a non-idempotent live
+   effect (so a crash cannot hide that it happened), else at the end of the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from buddy.errors import (
+    BuddyError,
+    RetryableToolError,
+    ToolDeniedError,
+    ToolError,
+    ToolTimeoutError,
+)
+from buddy.models import AttemptError, Mode, Outcome, TaskSpec, TaskStatus, utcnow
+from buddy.state import Claim, Store
+from buddy.tools.contract import ToolContext, ToolContract
+from buddy.tools.registry import ToolRegistry
+
+log = logging.getLogger("buddy.execution")
+
+
+@dataclass
+class BatchResult:
+    """What :meth:`Executor.run_batch` did.
+
+    ``done`` pairs each finished task id with its final status; ``retry`` holds the specs to
+    run again after ``retry_delay_s`` seconds (the longest backoff among them).
+    """
+
+    done: list[tuple[str, str]] = field(default_factory=list)
+    retry: list[TaskSpec] = field(default_factory=list)
+    retry_delay_s: float = 0.0
+
+
+@dataclass
+class _Run:
+    cid: str
+    wave: int
+    agent_id: str
+    spec: TaskSpec
+    attempt: int
+    errors: list[AttemptError]
+    contract: ToolContract | None = None
+    args: Any = None
+    effectful: bool = False
+
+
+class Executor:
+    """Runs batches for one worker process.
+
+    ``worker`` names this worker in claims and outcomes; ``claim_ttl_s`` is how long a claim
+    lives in Redis (the visibility timeout: a claim must outlast a redelivery).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        registry: ToolRegistry,
+        *,
+        worker: str,
+        claim_ttl_s: int = 3600,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.worker = worker
+        self.claim_ttl_s = claim_ttl_s
+        self.clock = clock
+
+    def run_batch(
+        self, campaign_id: str, wave: int, agent_id: str, specs: list[TaskSpec], *, delivery: str = ""
+    ) -> BatchResult:
+        """Run ``specs`` (tasks of one agent in one wave) and record their outcomes in Redis."""
+        res = BatchResult()
+        if not specs:
+            return res
+        ids = [s.task_id for s in specs]
+        existing, claims, lock = self.store.begin_batch(campaign_id, ids)
+        pending: list[Outcome] = []
+        claimed: set[str] = set()
+        runs: list[_Run] = []
+        early: dict[str, Claim] = {}
+
+        for spec in specs:
+            if spec.task_id in existing:
+                res.done.append((spec.task_id, existing[spec.task_id].status.value))
+                continue
+            run = self._prepare(campaign_id, wave, agent_id, spec, claims.get(spec.task_id), lock)
+            if isinstance(run, Outcome):
+                pending.append(run)
+                continue
+            runs.append(run)
+            if not run.effectful or (
+                run.contract and run.args is not None and run.contract.is_idempotent(run.args)
+            ):
+                early[spec.task_id] = self._claim(run, delivery)
+        # Claims for tasks that are safe to repeat go in one round trip; the others are
+        # claimed one by one right before they run.
+        self.store.set_claims(campaign_id, wave, early, self.claim_ttl_s)
+        claimed.update(early)
+        self.store.add_in_flight(agent_id, len(runs))
+        retry_claims: dict[str, Claim] = {}
+        try:
+            for run in runs:
+                tid = run.spec.task_id
+                if tid not in claimed:
+                    self.store.set_claims(
+                        campaign_id, wave, {tid: self._claim(run, delivery)}, self.claim_ttl_s
+                    )
+                    claimed.add(tid)
+                outcome, retry_after = self._execute(run)
+                if outcome is None:
+                    claim = self._claim(run, delivery)
+                    claim.state = "retry_wait"
+                    claim.errors = [e.model_dump(mode="json") for e in run.errors]
+                    retry_claims[tid] = claim
+                    res.retry.append(run.spec)
+                    res.retry_delay_s = max(res.retry_delay_s, retry_after)
+                    continue
+                pending.append(outcome)
+                if run.effectful and run.contract and not run.contract.is_idempotent(run.args):
+                    self._flush(pending, claimed, res)
+        finally:
+            self._flush(pending, claimed, res)
+            self.store.set_retry_claims(campaign_id, wave, retry_claims, self.claim_ttl_s)
+            self.store.add_in_flight(agent_id, -len(runs))
+        return res
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def _prepare(
+        self, cid: str, wave: int, agent_id: str, spec: TaskSpec, claim: Claim | None, lock: str | None
+    ) -> _Run | Outcome:
+        errors: list[AttemptError] = []
+        if lock and spec.mode is not Mode.MOCK:
+            spec = spec.model_copy(update={"mode": Mode.MOCK, "mode_reason": f"system locked: {lock}"})
+        run = _Run(cid=cid, wave=wave, agent_id=agent_id, spec=spec, attempt=1, errors=errors)
+        try:
+            run.contract = self.registry.get(spec.tool)
+            run.args = run.contract.parse_args(spec.args)
+        except (BuddyError, ValidationError) as e:
+            etype = "UnknownTool" if run.contract is None else "InvalidArgs"
+            return self._outcome(run, TaskStatus.FAILED, error=(etype, str(e)))
+        run.effectful = spec.mode is Mode.LIVE
+        if claim is not None:
+            errors.extend(AttemptError.model_validate(e) for e in claim.errors)
+            run.attempt = claim.attempt + 1
+            if claim.state == "running":
+                died = AttemptError(
+                    attempt=claim.attempt,
+                    error_type="WorkerLost",
+                    error_msg=f"attempt {claim.attempt} on {claim.worker} ended without an outcome",
+                    at=utcnow(),
+                )
+                errors.append(died)
+                safe = not run.effectful or run.contract.is_idempotent(run.args)
+                if not safe and run.contract.reversible:
+                    safe = self._rollback_orphan(spec, run.contract, run.args)
+                if not safe:
+                    return self._outcome(
+                        run,
+                        TaskStatus.NEEDS_REVIEW,
+                        error=(
+                            "WorkerLost",
+                            f"{died.error_msg}; {spec.tool} is neither idempotent nor reversible, so it "
+                            "was not run again: settle it with `buddy review`",
+                        ),
+                    )
+        return run
+
+    def _rollback_orphan(self, spec: TaskSpec, contract: ToolContract, args: Any) -> bool:
+        return False  # undo data of a dead attempt is rolled back by the recovery code (issue 4)
+
+    def _claim(self, run: _Run, delivery: str) -> Claim:
+        return Claim(worker=self.worker, attempt=run.attempt, started_at=self.clock(), delivery=delivery)
+
+    def _execute(self, run: _Run) -> tuple[Outcome | None, float]:
+        """Run one attempt. Returns (outcome, 0) when final, (None, delay_s) to retry."""
+        spec, contract, cid = run.spec, run.contract, run.cid
+        assert contract is not None
+        ctx = ToolContext(
+            campaign_id=cid,
+            task_id=spec.task_id,
+            attempt=run.attempt,
+            workdir=Path(spec.workdir),
+            mode=spec.mode,
+            worker=self.worker,
+            deadline=time.monotonic() + contract.timeout_s,
+        )
+        if run.effectful and contract.reversible:
+            ctx.on_undo = lambda data: self.store.save_undo(cid, spec.task_id, data)
+        start = utcnow()
+        t0 = time.perf_counter()
+        try:
+            if spec.mode is Mode.MOCK:
+                result = contract.mock_result(run.args)
+            elif spec.mode is Mode.DRY_RUN:
+                result = contract.preview(run.args, ctx)
+            else:
+                result = contract.execute(run.args, ctx)
+        except ToolError as e:
+            return self._failed(run, ctx, e, start, t0)
+        except Exception as e:  # a tool's bug is the task's failure, not the worker's
+            log.exception("tool %s raised an unexpected error in task %s", spec.tool, spec.task_id)
+            wrapped = ToolError(f"{type(e).__name__}: {e}", error_type=type(e).__name__)
+            return self._failed(run, ctx, wrapped, start, t0)
+        return (
+            self._outcome(run, TaskStatus.SUCCEEDED, start=start, t0=t0, result=result),
+            0.0,
+        )
+
+    def _failed(
+        self, run: _Run, ctx: ToolContext, e: ToolError, start: datetime, t0: float
+    ) -> tuple[Outcome | None, float]:
+        contract = run.contract
+        assert contract is not None
+        run.errors.append(
+            AttemptError(attempt=run.attempt, error_type=e.error_type, error_msg=str(e), at=utcnow())
+        )
+        rolled_back = False
+        if run.effectful and contract.reversible and ctx.undo is not None and contract.rollback is not None:
+            try:
+                contract.rollback(run.args, ctx.undo, ctx)
+                rolled_back = True
+            except Exception as rb:  # the rollback's failure is reported, not raised
+                log.exception("rollback of task %s failed", run.spec.task_id)
+                run.errors.append(
+                    AttemptError(
+                        attempt=run.attempt, error_type="RollbackFailed", error_msg=str(rb), at=utcnow()
+                    )
+                )
+        if isinstance(e, ToolDeniedError):
+            status = TaskStatus.DENIED
+        elif isinstance(e, ToolTimeoutError):
+            status = TaskStatus.TIMED_OUT
+        else:
+            status = TaskStatus.FAILED
+            # A tool raises RetryableToolError only where another try is safe (5xx, refused).
+            if contract.retry.should_retry(run.attempt, e.error_type, isinstance(e, RetryableToolError)):
+                return None, contract.retry.delay_s(run.attempt)
+        outcome = self._outcome(run, status, start=start, t0=t0, error=(e.error_type, str(e)))
+        outcome.rolled_back = rolled_back
+        return outcome, 0.0
+
+    def _outcome(
+        self,
+        run: _Run,
+        status: TaskStatus,
+        *,
+        start: datetime | None = None,
+        t0: float | None = None,
+        result: dict[str, Any] | None = None,
+        error: tuple[str, str] | None = None,
+    ) -> Outcome:
+        spec = run.spec
+        end = utcnow()
+        return Outcome(
+            task_id=spec.task_id,
+            campaign_id=run.cid,
+            agent_id=run.agent_id,
+            wave=run.wave,
+            status=status,
+            mode=spec.mode,
+            mode_reason=spec.mode_reason,
+            attempts=run.attempt if start is not None else len(run.errors),
+            start_time=start or end,
+            end_time=end,
+            duration_ms=(time.perf_counter() - t0) * 1000.0 if t0 is not None else 0.0,
+            result=result,
+            error_type=error[0] if error else None,
+            error_msg=error[1] if error else None,
+            worker=self.worker,
+            tool=spec.tool,
+            errors=list(run.errors),
+        )
+
+    def _flush(self, pending: list[Outcome], claimed: set[str], res: BatchResult) -> None:
+        if not pending:
+            return
+        n_claimed = sum(1 for o in pending if o.task_id in claimed)
+        self.store.record_outcomes(pending, running_delta=-n_claimed)
+        res.done.extend((o.task_id, o.status.value) for o in pending)
+        pending.clear()

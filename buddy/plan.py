@@ -1,0 +1,919 @@
+"""Load and validate a plan, lay it out in waves and assign its tasks to agents.
+
+A *plan* is a JSONL file, one :class:`~buddy.models.PlanTask` per line; blank lines and lines
+starting with ``#`` are ignored. An optional *schedule* (JSONL of
+:class:`~buddy.models.ScheduleEntry`) pins tasks to an agent and/or a wave and overrides the
+plan line's ``agent`` / ``wave``. :func:`build_plan` checks everything before anything is
+dispatched (DESIGN.md, "Validate the whole plan before the first dispatch") and raises one
+:class:`~buddy.errors.PlanError` holding every problem as ``FILE:LINE: message`` (at most
+:data:`MAX_ERRORS`, then ``… and N more errors``).
+
+Waves
+    A task with an explicit wave (schedule, else plan line) keeps it; it must be greater than
+    the wave of each of its dependencies. Any other task goes in ``1 + max(wave of its
+    dependencies)``, or wave 1 without dependencies. Computed in one topological pass
+    (Kahn), O(tasks + dependencies); a cycle is reported as ``a -> b -> a``, each arrow
+    reading "depends on".
+
+Assignment (:func:`assign_wave`, per wave)
+    Pinned tasks keep their agent. An unpinned task goes only to an *eligible* agent, one
+    that offers its tool (:meth:`AgentSpec.offers`). Agent order (the ``agents`` list)
+    breaks every tie. A task's *load* on an agent is divided by the agent's ``concurrency``.
+
+    ``round_robin``
+        Unpinned tasks in plan order are dealt to the agents in turn: a cursor starts at the
+        first agent in each wave; a task goes to the first eligible agent at or after the
+        cursor (wrapping around) and the cursor moves just past that agent. Pinned tasks do
+        not move the cursor. Dispatch order: plan order.
+    ``load_balanced``
+        Tasks by expected duration, longest first (the tool's ``expected_duration(args)`` in
+        seconds; unknown counts as 1, so a plan of unknown durations is balanced by task
+        count), stable by plan order. Pinned tasks are put on their agent's load first; each
+        unpinned task then goes to the eligible agent with the least
+        ``assigned expected seconds / concurrency``. Dispatch order: the same
+        longest-first order (pinned tasks included), so long tasks start first.
+    ``priority``
+        Tasks by descending ``priority``, stable by plan order. Pinned tasks count in the
+        load first; each unpinned task goes to the eligible agent with the least
+        ``tasks / concurrency``. Dispatch order: descending priority, so each agent receives
+        its tasks highest priority first.
+    ``confidence``
+        Each agent has a weight (``weights[agent_id]``, default 1.0: its reliability, set by
+        the optimizer). Pinned tasks count in the load first. Unpinned tasks by ascending
+        ``confidence`` (least confident first, stable by plan order): let ``m`` be the
+        least ``tasks / concurrency`` among the eligible agents; the candidates are the
+        eligible agents holding at most one task more than that level
+        (``(tasks - 1) / concurrency <= m``); the task goes to the candidate with the
+        highest weight. Uncertain tasks land on reliable agents while no agent runs more
+        than about two tasks ahead of the least loaded. Dispatch order: plan order.
+
+    ``load_balanced`` and ``priority`` pick the least loaded agent from a heap per group of
+    eligible agents, O(log agents) per task; ``round_robin`` and ``confidence`` scan agents
+    from a start point and usually stop early (worst case O(agents) per task).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from buddy.config import TaskDefaults
+from buddy.errors import PlanError
+from buddy.models import TASK_ID_RE, AgentSpec, PlanTask, ResourceClaim, ScheduleEntry, Strategy
+from buddy.tools.contract import ToolContract, format_validation_error
+from buddy.tools.registry import ToolRegistry
+
+__all__ = [
+    "MAX_ERRORS",
+    "CampaignPlan",
+    "PlannedTask",
+    "assign_wave",
+    "build_plan",
+    "cap_errors",
+    "load_plan",
+    "load_schedule",
+    "summary_table",
+]
+
+#: How many errors a :class:`PlanError` lists before ``… and N more errors``.
+MAX_ERRORS = 50
+
+_json_loads: Callable[[bytes], Any]
+try:
+    import orjson
+
+    _json_loads = orjson.loads
+except ImportError:  # pragma: no cover - orjson is optional
+    _json_loads = json.loads
+
+_BOM = b"\xef\xbb\xbf"
+
+
+# -- records ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedTask:
+    """A validated task with its place in the campaign.
+
+    ``line`` is the task's line in the plan file (1-based). ``wave`` and ``agent`` are the
+    effective ones (schedule over plan line over computed); ``agent`` is ``""`` only before
+    assignment. ``pinned`` is true when the schedule or the plan line named the agent.
+    ``claims`` are the plan line's ``resources`` plus the tool's own claims for the
+    arguments, one per resource name (``write`` wins over ``read``). ``expected_s`` is the
+    tool's expected duration in seconds, None when the tool does not say.
+    """
+
+    task: PlanTask
+    line: int
+    wave: int
+    agent: str
+    pinned: bool
+    claims: list[ResourceClaim]
+    expected_s: float | None = None
+
+    @property
+    def task_id(self) -> str:
+        return self.task.task_id
+
+
+@dataclass
+class CampaignPlan:
+    """A validated plan, laid out in waves and assigned to agents (built by :func:`build_plan`).
+
+    ``digest`` is the sha256 hex of the plan file's bytes followed by the schedule file's
+    bytes (when there is one). ``tasks`` maps task id to task in plan order; ``waves`` maps
+    wave number (ascending) to the wave's tasks in dispatch order; both hold the same
+    :class:`PlannedTask` objects. ``agent_weights`` are the weights of the ``confidence``
+    strategy (absent agents weigh 1.0).
+    """
+
+    path: Path
+    digest: str
+    tasks: dict[str, PlannedTask]
+    waves: dict[int, list[PlannedTask]]
+    agents: list[AgentSpec]
+    strategy: Strategy
+    schedule_path: Path | None = None
+    agent_weights: dict[str, float] = field(default_factory=dict)
+
+    def wave_numbers(self) -> list[int]:
+        """The wave numbers, ascending (there may be gaps when waves are explicit)."""
+        return list(self.waves)
+
+    def dependents(self) -> dict[str, list[str]]:
+        """Every task id → the ids of the tasks that depend on it directly, in plan order."""
+        out: dict[str, list[str]] = {tid: [] for tid in self.tasks}
+        for tid, pt in self.tasks.items():
+            for dep in dict.fromkeys(pt.task.depends_on):
+                out[dep].append(tid)
+        return out
+
+    def reassign_wave(
+        self,
+        wave: int,
+        *,
+        agents: Sequence[AgentSpec] | None = None,
+        strategy: Strategy | None = None,
+        weights: Mapping[str, float] | None = None,
+    ) -> list[PlannedTask]:
+        """Assign wave ``wave`` again (for the optimizer) and store the result in the plan.
+
+        ``agents`` / ``strategy`` / ``weights`` default to the plan's. Pinned tasks keep
+        their agent. Returns the wave's new dispatch order; raises :class:`PlanError` as
+        :func:`assign_wave` does (an agent missing for a task).
+        """
+        new = assign_wave(
+            self.waves[wave],
+            self.agents if agents is None else agents,
+            self.strategy if strategy is None else strategy,
+            weights=self.agent_weights if weights is None else weights,
+            source=str(self.path),
+        )
+        self.waves[wave] = new
+        for pt in new:
+            self.tasks[pt.task_id] = pt
+        return new
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+class _Errors:
+    """Errors of one file, kept with their line (0 for the whole file) to sort them."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.name = str(path)
+        self.items: list[tuple[int, str]] = []
+
+    def add(self, line: int, message: str) -> None:
+        where = f"{self.name}:{line}" if line else self.name
+        self.items.append((line, f"{where}: {message}"))
+
+    def sorted(self) -> list[str]:
+        return [text for _, text in sorted(self.items, key=lambda item: item[0])]
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+
+def cap_errors(errors: Sequence[str], limit: int = MAX_ERRORS) -> list[str]:
+    """The first ``limit`` errors, then ``… and N more errors`` when there were more."""
+    if len(errors) <= limit:
+        return list(errors)
+    rest = len(errors) - limit
+    return [*errors[:limit], f"… and {rest} more error{'s' if rest != 1 else ''}"]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _field_errors(e: ValidationError) -> list[str]:
+    """Pydantic errors of a plan or schedule line as ``field: message`` sentences."""
+    out = []
+    for err in e.errors():
+        loc = [str(x) for x in err["loc"]]
+        kind = err["type"]
+        if kind in ("missing", "extra_forbidden") and loc:
+            what = "missing required field" if kind == "missing" else "unknown field"
+            parent = ".".join(loc[:-1])
+            msg = f"{what} {loc[-1]!r}"
+            out.append(f"{parent}: {msg}" if parent else msg)
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        value = err.get("input")
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            msg = f"{msg} (got {_short(value)})"
+        out.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
+    return out
+
+
+# -- reading JSONL ---------------------------------------------------------------------------
+
+
+def _read(path: Path, what: str, errors: _Errors) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        errors.add(0, f"cannot read {what}: {e.strerror or e}")
+        return None
+
+
+def _json_lines(data: bytes, errors: _Errors) -> Iterable[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` of each JSON-object line; bad lines go to ``errors``."""
+    if data.startswith(_BOM):
+        data = data[len(_BOM) :]
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        text = raw.strip()
+        if not text or text.startswith(b"#"):
+            continue
+        try:
+            obj = _json_loads(text)
+        except json.JSONDecodeError as e:
+            errors.add(number, f"not valid JSON: {e.msg} (column {e.colno})")
+            continue
+        except (ValueError, RecursionError) as e:
+            errors.add(number, f"not valid JSON: {e}")
+            continue
+        if not isinstance(obj, dict):
+            errors.add(number, f"expected a JSON object, got {_json_type(obj)}")
+            continue
+        yield number, obj
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "null" if value is None else type(value).__name__
+
+
+@dataclass
+class _Parsed:
+    """What :func:`_parse_plan` learnt. ``tasks`` holds every line that is a valid PlanTask
+    with a new id, even when its tool or args are bad (so dependency checks still see it);
+    ``broken`` the ids of lines that are not (their dependents are not blamed again);
+    ``args`` / ``contracts`` exist only for tasks whose tool and args are valid."""
+
+    tasks: list[PlanTask] = field(default_factory=list)
+    lines: dict[str, int] = field(default_factory=dict)
+    broken: set[str] = field(default_factory=set)
+    args: dict[str, BaseModel] = field(default_factory=dict)
+    contracts: dict[str, ToolContract] = field(default_factory=dict)
+    data: bytes = b""
+
+
+def _parse_plan(
+    path: Path, registry: ToolRegistry, defaults: TaskDefaults | None, errors: _Errors
+) -> _Parsed:
+    parsed = _Parsed()
+    data = _read(path, "plan", errors)
+    if data is None:
+        return parsed
+    parsed.data = data
+    seen: dict[str, int] = {}  # task id -> first line, valid or not
+    fill = (
+        (
+            ("priority", defaults.priority),
+            ("predicted_success", defaults.predicted_success),
+            ("confidence", defaults.confidence),
+        )
+        if defaults is not None
+        else ()
+    )
+    any_line = False
+    for number, obj in _json_lines(data, errors):
+        any_line = True
+        for key, value in fill:
+            if key not in obj:
+                obj[key] = value
+        try:
+            task: PlanTask | None = PlanTask.model_validate(obj, strict=True)
+        except ValidationError as e:
+            task = None
+            for msg in _field_errors(e):
+                errors.add(number, msg)
+        tid = task.task_id if task is not None else obj.get("task_id")
+        if isinstance(tid, str) and TASK_ID_RE.match(tid):
+            first = seen.get(tid)
+            if first is not None:
+                errors.add(number, f"duplicate task_id {tid!r} (first defined on line {first})")
+                continue
+            seen[tid] = number
+            if task is None:
+                parsed.broken.add(tid)
+        else:
+            tid = None
+        # the tool and its args are checked even when other fields are bad
+        tool = obj.get("tool")
+        args = obj.get("args", {})
+        if isinstance(tool, str) and tool:
+            contract = _tool(registry, tool, number, errors)
+            if contract is not None and isinstance(args, dict):
+                try:
+                    model = contract.parse_args(args)
+                except ValidationError as e:
+                    for msg in format_validation_error(e, prefix="args."):
+                        errors.add(number, msg)
+                else:
+                    if task is not None and tid is not None:
+                        parsed.args[tid] = model
+                        parsed.contracts[tid] = contract
+        if task is not None and tid is not None:
+            parsed.tasks.append(task)
+            parsed.lines[tid] = number
+    if not any_line and not errors:
+        errors.add(0, "plan has no tasks")
+    return parsed
+
+
+def _tool(registry: ToolRegistry, name: str, line: int, errors: _Errors) -> ToolContract | None:
+    if name in registry:
+        return registry.get(name)
+    known = ", ".join(registry.names()) or "(none registered)"
+    errors.add(line, f"unknown tool {name!r}; known tools: {known}")
+    return None
+
+
+def load_plan(
+    path: Path, registry: ToolRegistry, *, defaults: TaskDefaults | None = None
+) -> tuple[list[PlanTask], dict[str, int], list[str]]:
+    """Read and check a plan file line by line, without raising.
+
+    Returns ``(tasks, lines, errors)``: the lines that are valid :class:`PlanTask` records
+    with a new task id, in plan order (their tool or args may still be in ``errors``); task
+    id → line number; and every problem found as ``FILE:LINE: message``, sorted by line and
+    not capped. Checks each line alone: JSON, fields (``defaults`` fill the priority,
+    predicted_success and confidence a line leaves out), duplicate ids, the tool (in
+    ``registry``) and its arguments. Dependencies, waves and agents are checked by
+    :func:`build_plan`.
+    """
+    errors = _Errors(path)
+    parsed = _parse_plan(Path(path), registry, defaults, errors)
+    return parsed.tasks, parsed.lines, errors.sorted()
+
+
+def _parse_schedule(path: Path, errors: _Errors) -> tuple[list[tuple[int, ScheduleEntry]], bytes]:
+    data = _read(path, "schedule", errors)
+    if data is None:
+        return [], b""
+    entries: list[tuple[int, ScheduleEntry]] = []
+    seen: dict[str, int] = {}
+    for number, obj in _json_lines(data, errors):
+        try:
+            entry = ScheduleEntry.model_validate(obj, strict=True)
+        except ValidationError as e:
+            for msg in _field_errors(e):
+                errors.add(number, msg)
+            continue
+        first = seen.get(entry.task_id)
+        if first is not None:
+            errors.add(number, f"task {entry.task_id!r} is already scheduled on line {first}")
+            continue
+        seen[entry.task_id] = number
+        entries.append((number, entry))
+    return entries, data
+
+
+def load_schedule(path: Path) -> tuple[list[tuple[int, ScheduleEntry]], list[str]]:
+    """Read a schedule file: ``([(line, entry), ...], errors)``, without raising.
+
+    Errors (``FILE:LINE: message``, sorted by line): unreadable file, bad JSON, a bad field,
+    a task scheduled twice. Whether each task exists is checked by :func:`build_plan`.
+    """
+    errors = _Errors(path)
+    entries, _ = _parse_schedule(Path(path), errors)
+    return entries, errors.sorted()
+
+
+# -- waves -----------------------------------------------------------------------------------
+
+
+def _layer(
+    tasks: list[PlanTask],
+    explicit: dict[str, tuple[int, _Errors, int]],
+    broken: set[str],
+    plan_errors: _Errors,
+    lines: dict[str, int],
+) -> dict[str, int]:
+    """Wave of each task (see the module docstring); errors for bad dependencies and cycles.
+
+    ``explicit`` maps task id → (wave, file, line that set it). Tasks in or behind a cycle
+    get no wave.
+    """
+    n = len(tasks)
+    index = {t.task_id: i for i, t in enumerate(tasks)}
+    deps: list[list[int]] = [[] for _ in range(n)]
+    dependents: list[list[int]] = [[] for _ in range(n)]
+    for i, t in enumerate(tasks):
+        line = lines[t.task_id]
+        mine = deps[i]
+        for dep in dict.fromkeys(t.depends_on):
+            j = index.get(dep)
+            if j is None:
+                if dep not in broken:
+                    plan_errors.add(line, f"task {t.task_id!r} depends on unknown task {dep!r}")
+            elif j == i:
+                plan_errors.add(line, f"task {t.task_id!r} depends on itself")
+            else:
+                mine.append(j)
+                dependents[j].append(i)
+    indegree = [len(d) for d in deps]
+    wave = [0] * n
+    order = [i for i in range(n) if indegree[i] == 0]
+    for i in order:  # grows while we walk it: Kahn's queue
+        best = 0
+        top = -1
+        for j in deps[i]:
+            if wave[j] > best:
+                best, top = wave[j], j
+        tid = tasks[i].task_id
+        pin = explicit.get(tid)
+        if pin is None:
+            wave[i] = best + 1
+        else:
+            wave[i], where, line = pin
+            if wave[i] <= best:
+                where.add(
+                    line,
+                    f"task {tid!r}: explicit wave {wave[i]} is not after wave {best} of its "
+                    f"dependency {tasks[top].task_id!r}",
+                )
+        for k in dependents[i]:
+            indegree[k] -= 1
+            if indegree[k] == 0:
+                order.append(k)
+    if len(order) < n:
+        rest = [i for i in range(n) if indegree[i] > 0]
+        for cycle in _cycles(rest, deps, set(rest)):
+            names = [tasks[i].task_id for i in cycle]
+            plan_errors.add(lines[names[0]], "dependency cycle: " + " -> ".join([*names, names[0]]))
+    return {tasks[i].task_id: wave[i] for i in order}
+
+
+def _cycles(nodes: list[int], deps: list[list[int]], alive: set[int]) -> list[list[int]]:
+    """One cycle per strongly connected component (Tarjan, iterative) of the graph that
+    ``deps`` makes on ``alive``; each cycle starts at its component's first node (plan
+    order) and is a shortest one through it."""
+    index: dict[int, int] = {}
+    low: dict[int, int] = {}
+    stack: list[int] = []
+    on_stack: set[int] = set()
+    components: list[list[int]] = []
+    counter = 0
+    for root in nodes:
+        if root in index:
+            continue
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        work = [(root, iter(deps[root]))]
+        while work:
+            v, it = work[-1]
+            for w in it:
+                if w not in alive:
+                    continue
+                if w not in index:
+                    index[w] = low[w] = counter
+                    counter += 1
+                    stack.append(w)
+                    on_stack.add(w)
+                    work.append((w, iter(deps[w])))
+                    break
+                if w in on_stack:
+                    low[v] = min(low[v], index[w])
+            else:
+                work.pop()
+                if work:
+                    u = work[-1][0]
+                    low[u] = min(low[u], low[v])
+                if low[v] == index[v]:
+                    comp = []
+                    while True:
+                        w = stack.pop()
+                        on_stack.discard(w)
+                        comp.append(w)
+                        if w == v:
+                            break
+                    if len(comp) > 1:
+                        components.append(comp)
+    cycles = []
+    for comp in components:
+        members = set(comp)
+        start = min(comp)
+        parent: dict[int, int] = {start: start}
+        frontier = [start]
+        end = -1
+        while frontier and end < 0:
+            nxt = []
+            for v in frontier:
+                for w in deps[v]:
+                    if w == start:
+                        end = v
+                        break
+                    if w in members and w not in parent:
+                        parent[w] = v
+                        nxt.append(w)
+                if end >= 0:
+                    break
+            frontier = nxt
+        path = [end]
+        while path[-1] != start:
+            path.append(parent[path[-1]])
+        cycles.append(path[::-1])
+    cycles.sort(key=lambda c: c[0])
+    return cycles
+
+
+# -- assignment ------------------------------------------------------------------------------
+
+
+class _LeastLoaded:
+    """The least loaded agent of a group, by ``load[i] / concurrency[i]`` then agent order.
+
+    One min-heap per group of eligible agents, built on first use; a load change pushes a
+    fresh entry into each heap holding the agent and stale entries are dropped when seen.
+    """
+
+    def __init__(self, agents: Sequence[AgentSpec]) -> None:
+        self.conc = [a.concurrency for a in agents]
+        self.load = [0.0] * len(agents)
+        self.version = [0] * len(agents)
+        self.heaps: dict[tuple[int, ...], list[tuple[float, int, int]]] = {}
+        self.member_of: list[list[list[tuple[float, int, int]]]] = [[] for _ in agents]
+
+    def key(self, i: int) -> float:
+        return self.load[i] / self.conc[i]
+
+    def add(self, i: int, amount: float) -> None:
+        self.load[i] += amount
+        self.version[i] += 1
+        entry = (self.key(i), i, self.version[i])
+        for heap in self.member_of[i]:
+            heapq.heappush(heap, entry)
+
+    def least(self, group: tuple[int, ...]) -> int:
+        heap = self.heaps.get(group)
+        if heap is None:
+            heap = [(self.key(i), i, self.version[i]) for i in group]
+            heapq.heapify(heap)
+            self.heaps[group] = heap
+            for i in group:
+                self.member_of[i].append(heap)
+        while True:
+            _, i, version = heap[0]
+            if version == self.version[i]:
+                return i
+            heapq.heappop(heap)
+
+
+def assign_wave(
+    tasks: Sequence[PlannedTask],
+    agents: Sequence[AgentSpec],
+    strategy: Strategy,
+    *,
+    weights: Mapping[str, float] | None = None,
+    source: str = "plan",
+) -> list[PlannedTask]:
+    """Assign the tasks of one wave to ``agents`` by ``strategy`` (module docstring).
+
+    ``tasks`` are the wave's tasks in plan order; a pinned one keeps its ``agent``, the
+    ``agent`` of the others is ignored. ``weights`` are the ``confidence`` strategy's agent
+    weights (absent: 1.0). Loads start at zero: each wave is balanced on its own.
+    Returns new :class:`PlannedTask` objects with ``agent`` set, in dispatch order.
+
+    Raises :class:`PlanError` (``source:LINE: message``, ``source`` naming the plan file)
+    when a pinned task's agent is not in ``agents`` or no agent offers an unpinned task's
+    tool; :func:`build_plan` checks both first, so it is an optimizer's failover that can
+    meet them.
+    """
+    order, chosen = _choose(
+        [pt.task for pt in tasks],
+        [pt.agent if pt.pinned else None for pt in tasks],
+        [pt.expected_s for pt in tasks],
+        [pt.line for pt in tasks],
+        agents,
+        strategy,
+        weights,
+        source,
+    )
+    out = []
+    for k in order:
+        pt = tasks[k]
+        agent = agents[chosen[k]].id
+        out.append(PlannedTask(pt.task, pt.line, pt.wave, agent, pt.pinned, pt.claims, pt.expected_s))
+    return out
+
+
+def _choose(
+    tasks: Sequence[PlanTask],
+    pins: Sequence[str | None],
+    expected: Sequence[float | None],
+    lines: Sequence[int],
+    agents: Sequence[AgentSpec],
+    strategy: Strategy,
+    weights: Mapping[str, float] | None,
+    source: str,
+) -> tuple[list[int], list[int]]:
+    """The work of :func:`assign_wave` on parallel lists (task, pinned agent or None,
+    expected seconds, line): returns the dispatch order (indexes into ``tasks``) and the
+    chosen agent's index for each task."""
+    position = {a.id: i for i, a in enumerate(agents)}
+    ids = ", ".join(position) or "(none)"
+    errors = _Errors(source)
+    groups: dict[str, tuple[int, ...]] = {}  # tool -> eligible agents, in agent order
+    chosen: list[int] = [-1] * len(tasks)
+    free: list[int] = []  # indexes of unpinned tasks, plan order
+    for k, t in enumerate(tasks):
+        pin = pins[k]
+        if pin is not None:
+            i = position.get(pin, -1)
+            if i < 0:
+                errors.add(
+                    lines[k],
+                    f"task {t.task_id!r} is pinned to agent {pin!r}, which is not among the agents: {ids}",
+                )
+            chosen[k] = i
+            continue
+        group = groups.get(t.tool)
+        if group is None:
+            group = groups[t.tool] = tuple(i for i, a in enumerate(agents) if a.offers(t.tool))
+        if not group:
+            errors.add(lines[k], f"task {t.task_id!r}: no agent offers tool {t.tool!r}; agents: {ids}")
+        free.append(k)
+    if errors:
+        raise PlanError(cap_errors(errors.sorted()))
+
+    order: list[int]  # dispatch order
+    if strategy == Strategy.ROUND_ROBIN:
+        cursor, m = 0, len(agents)
+        allowed_by_tool = {tool: set(g) for tool, g in groups.items()}
+        for k in free:
+            allowed = allowed_by_tool[tasks[k].tool]
+            for step in range(m):
+                i = (cursor + step) % m
+                if i in allowed:
+                    chosen[k], cursor = i, (i + 1) % m
+                    break
+        order = list(range(len(tasks)))
+    elif strategy in (Strategy.LOAD_BALANCED, Strategy.PRIORITY):
+        if strategy == Strategy.LOAD_BALANCED:
+            units = [1.0 if e is None else max(e, 0.0) for e in expected]
+            order = sorted(range(len(tasks)), key=lambda k: -units[k])
+        else:
+            units = [1.0] * len(tasks)
+            order = sorted(range(len(tasks)), key=lambda k: -tasks[k].priority)
+        loads = _LeastLoaded(agents)
+        for k, pin in enumerate(pins):
+            if pin is not None:
+                loads.add(chosen[k], units[k])
+        for k in order:
+            if chosen[k] < 0:
+                i = loads.least(groups[tasks[k].tool])
+                chosen[k] = i
+                loads.add(i, units[k])
+    elif strategy == Strategy.CONFIDENCE:
+        w = weights or {}
+        rank = sorted(range(len(agents)), key=lambda i: -w.get(agents[i].id, 1.0))
+        by_weight = {}
+        for tool, g in groups.items():
+            members = set(g)
+            by_weight[tool] = [i for i in rank if i in members]
+        loads = _LeastLoaded(agents)
+        for k, pin in enumerate(pins):
+            if pin is not None:
+                loads.add(chosen[k], 1.0)
+        for k in sorted(free, key=lambda k: tasks[k].confidence):
+            tool = tasks[k].tool
+            least = loads.key(loads.least(groups[tool]))
+            for i in by_weight[tool]:
+                if (loads.load[i] - 1) / loads.conc[i] <= least:
+                    chosen[k] = i
+                    loads.add(i, 1.0)
+                    break
+        order = list(range(len(tasks)))
+    else:  # pragma: no cover - Strategy is closed
+        raise ValueError(f"unknown strategy {strategy!r}")
+    return order, chosen
+
+
+# -- the whole plan --------------------------------------------------------------------------
+
+
+def _merge_claims(first: Iterable[ResourceClaim], second: Iterable[ResourceClaim]) -> list[ResourceClaim]:
+    out: dict[str, ResourceClaim] = {}
+    for claim in (*first, *second):
+        old = out.get(claim.name)
+        if old is None or (old.mode == "read" and claim.mode == "write"):
+            out[claim.name] = claim
+    return list(out.values())
+
+
+def build_plan(
+    plan_path: Path,
+    registry: ToolRegistry,
+    agents: list[AgentSpec],
+    strategy: Strategy = Strategy.ROUND_ROBIN,
+    *,
+    schedule_path: Path | None = None,
+    defaults: TaskDefaults | None = None,
+    workdir: Path | None = None,
+    agent_weights: dict[str, float] | None = None,
+) -> CampaignPlan:
+    """Load, validate, lay out in waves and assign a plan (module docstring for the rules).
+
+    ``registry`` holds the tools; ``agents`` the campaign's agents (their order breaks
+    ties); ``defaults`` fill fields a line leaves out; ``workdir`` (default: the current
+    directory) resolves the paths of the tools' resource claims; ``agent_weights`` feed the
+    ``confidence`` strategy.
+
+    Raises :class:`PlanError` listing every problem of the plan and the schedule
+    (``FILE:LINE: message``, capped at :data:`MAX_ERRORS`): each line's JSON, fields, tool
+    and args; duplicate ids; unknown or self dependencies; cycles; explicit waves not after
+    their dependencies; pins to missing agents or agents without the tool; tools no agent
+    offers; schedule lines naming unknown tasks or a task twice; an empty or unreadable file.
+    """
+    plan_path = Path(plan_path)
+    plan_errors = _Errors(plan_path)
+    parsed = _parse_plan(plan_path, registry, defaults, plan_errors)
+    sched_errors = _Errors(schedule_path if schedule_path is not None else "schedule")
+    entries: list[tuple[int, ScheduleEntry]] = []
+    sched_data = b""
+    if schedule_path is not None:
+        entries, sched_data = _parse_schedule(Path(schedule_path), sched_errors)
+
+    lines = parsed.lines
+    by_id = {t.task_id: t for t in parsed.tasks}
+    agent_pin: dict[str, tuple[str, _Errors, int]] = {}
+    wave_pin: dict[str, tuple[int, _Errors, int]] = {}
+    for t in parsed.tasks:
+        if t.agent is not None:
+            agent_pin[t.task_id] = (t.agent, plan_errors, lines[t.task_id])
+        if t.wave is not None:
+            wave_pin[t.task_id] = (t.wave, plan_errors, lines[t.task_id])
+    for number, entry in entries:
+        if entry.task_id not in by_id:
+            if entry.task_id not in parsed.broken:
+                sched_errors.add(number, f"unknown task_id {entry.task_id!r} (not in {plan_path})")
+            continue
+        if entry.agent is not None:
+            agent_pin[entry.task_id] = (entry.agent, sched_errors, number)
+        if entry.wave is not None:
+            wave_pin[entry.task_id] = (entry.wave, sched_errors, number)
+
+    agent_ids = [a.id for a in agents]
+    agents_by_id = {a.id: a for a in agents}
+    if len(agents_by_id) != len(agents):
+        twice = sorted({a for a in agent_ids if agent_ids.count(a) > 1})
+        plan_errors.add(0, f"agent id(s) listed twice: {', '.join(twice)}")
+    if not agents:
+        plan_errors.add(0, "no agents to run the plan")
+    listed = ", ".join(agent_ids) or "(none)"
+    no_agent: dict[str, list[str]] = {}  # tool -> unpinned tasks that nobody can run
+    offered: dict[str, bool] = {}
+    for t in parsed.tasks:
+        tid = t.task_id
+        known_tool = tid in parsed.contracts
+        pin = agent_pin.get(tid)
+        if pin is not None:
+            name, where, number = pin
+            spec = agents_by_id.get(name)
+            if spec is None:
+                where.add(number, f"task {tid!r}: agent {name!r} does not exist; agents: {listed}")
+            elif known_tool and not spec.offers(t.tool):
+                where.add(
+                    number,
+                    f"task {tid!r}: agent {name!r} does not offer tool {t.tool!r}; "
+                    f"it offers: {', '.join(spec.tools or []) or 'nothing'}",
+                )
+        elif known_tool and agents:
+            ok = offered.get(t.tool)
+            if ok is None:
+                ok = offered[t.tool] = any(a.offers(t.tool) for a in agents)
+            if not ok:
+                no_agent.setdefault(t.tool, []).append(tid)
+    for tool, tids in no_agent.items():
+        offers = "; ".join(f"{a.id} offers {', '.join(a.tools or []) or 'nothing'}" for a in agents)
+        more = f" (and {len(tids) - 1} more task{'s' if len(tids) > 2 else ''})" if len(tids) > 1 else ""
+        plan_errors.add(
+            lines[tids[0]], f"no agent offers tool {tool!r}, needed by task {tids[0]!r}{more}; {offers}"
+        )
+
+    waves = _layer(parsed.tasks, wave_pin, parsed.broken, plan_errors, lines)
+
+    base = Path.cwd() if workdir is None else Path(workdir)
+    # per wave, in plan order: (task, claims, expected seconds, pinned agent)
+    by_wave: dict[int, list[tuple[PlanTask, list[ResourceClaim], float | None, str | None]]] = {}
+    for t in parsed.tasks:
+        tid = t.task_id
+        contract = parsed.contracts.get(tid)
+        wave = waves.get(tid)
+        if contract is None or wave is None:
+            continue
+        args = parsed.args[tid]
+        try:
+            extra = contract.claims(args, base)
+            expected = contract.expected_duration_s(args)
+        except Exception as e:  # a tool's own code: report it, do not crash validation
+            plan_errors.add(lines[tid], f"tool {t.tool!r} failed on these args: {type(e).__name__}: {e}")
+            continue
+        claims = _merge_claims(t.resources, extra) if extra or len(t.resources) > 1 else list(t.resources)
+        pin = agent_pin.get(tid)
+        by_wave.setdefault(wave, []).append(
+            (t, claims, None if expected is None else float(expected), pin[0] if pin else None)
+        )
+
+    if plan_errors or sched_errors:
+        raise PlanError(cap_errors(plan_errors.sorted() + sched_errors.sorted()))
+
+    weights = dict(agent_weights or {})
+    source = str(plan_path)
+    assigned: dict[int, list[PlannedTask]] = {}
+    final: dict[str, PlannedTask] = {}
+    for number in sorted(by_wave):
+        rows = by_wave[number]
+        wave_tasks = [r[0] for r in rows]
+        pins = [r[3] for r in rows]
+        order, chosen = _choose(
+            wave_tasks,
+            pins,
+            [r[2] for r in rows],
+            [lines[t.task_id] for t in wave_tasks],
+            agents,
+            strategy,
+            weights,
+            source,
+        )
+        out = assigned[number] = []
+        for k in order:
+            t, claims, expected, pinned_to = rows[k]
+            pt = PlannedTask(
+                t, lines[t.task_id], number, agents[chosen[k]].id, pinned_to is not None, claims, expected
+            )
+            out.append(pt)
+            final[t.task_id] = pt
+    return CampaignPlan(
+        path=plan_path,
+        digest=hashlib.sha256(parsed.data + sched_data).hexdigest(),
+        tasks={t.task_id: final[t.task_id] for t in parsed.tasks},
+        waves=assigned,
+        agents=list(agents),
+        strategy=strategy,
+        schedule_path=Path(schedule_path) if schedule_path is not None else None,
+        agent_weights=weights,
+    )
+
+
+def summary_table(plan: CampaignPlan) -> list[list[str]]:
+    """Tasks per wave and agent, for ``buddy validate``.
+
+    The first row is the header ``["wave", <agent ids…>, "total"]``; then one row per wave
+    (``[wave, tasks on each agent…, tasks in the wave]``); the last row is ``["total", …]``.
+    """
+    ids = [a.id for a in plan.agents]
+    column = {aid: i for i, aid in enumerate(ids)}
+    rows = [["wave", *ids, "total"]]
+    totals = [0] * len(ids)
+    for number, tasks in plan.waves.items():
+        counts = [0] * len(ids)
+        for pt in tasks:
+            counts[column[pt.agent]] += 1
+        totals = [a + b for a, b in zip(totals, counts, strict=True)]
+        rows.append([str(number), *map(str, counts), str(len(tasks))])
+    rows.append(["total", *map(str, totals), str(len(plan.tasks))])
+    return rows

@@ -1,0 +1,114 @@
+"""``report.md``: what an operator reads after a campaign (DESIGN.md, "Outputs").
+
+Sections: overview, waves (one row each), agents (one row each), tasks that did not
+succeed (at most 50, with their errors), and what the exit code means.
+"""
+
+from __future__ import annotations
+
+from buddy.models import ExecutionSummary, Outcome, TaskStatus
+from buddy.plan import CampaignPlan
+
+MAX_LISTED = 50
+
+_EXIT_MEANING = {
+    0: "every task succeeded",
+    1: "the campaign finished, but some tasks did not succeed",
+    3: "the campaign was aborted",
+    130: "the campaign was interrupted",
+}
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _other(by_status: dict[str, int]) -> str:
+    rest = {
+        k: v for k, v in by_status.items() if k not in (TaskStatus.SUCCEEDED.value, TaskStatus.FAILED.value)
+    }
+    return ", ".join(f"{k} {v}" for k, v in sorted(rest.items())) or "–"
+
+
+def render_report(summary: ExecutionSummary, plan: CampaignPlan, not_succeeded: list[Outcome]) -> str:
+    """The Markdown report of a finished (or aborted) campaign."""
+    c = summary.counts
+    out = [
+        f"# Campaign {summary.campaign_id}",
+        "",
+        "## Overview",
+        "",
+        f"- status: **{summary.status}** (exit code {summary.exit_code}: "
+        f"{_EXIT_MEANING.get(summary.exit_code, '')})",
+    ]
+    if summary.abort_reason:
+        out.append(f"- abort reason: {summary.abort_reason}")
+    out += [
+        f"- mode: {summary.mode.value}; strategy: {plan.strategy.value}",
+        f"- plan: `{plan.path}` (sha256 {plan.digest[:16]}…), {len(plan.tasks)} tasks in {len(plan.waves)} waves",
+        f"- agents: {', '.join(a.id for a in plan.agents)}",
+        f"- outcomes: {c.total} of {len(plan.tasks)}; succeeded {c.succeeded}, "
+        f"failed {c.by_status.get('failed', 0)}, other: {_other(c.by_status)}",
+        f"- started {summary.start_time.isoformat()}, wall time {summary.wall_s:.2f} s",
+        "",
+        "## Waves",
+        "",
+        _table(
+            ["wave", "tasks", "succeeded", "failed", "other", "success rate", "wall s", "tasks/s"],
+            [
+                [
+                    str(w.wave),
+                    str(w.counts.total),
+                    str(w.counts.succeeded),
+                    str(w.counts.by_status.get("failed", 0)),
+                    _other(w.counts.by_status),
+                    f"{w.success_rate:.2f}",
+                    f"{w.wall_s:.2f}",
+                    f"{w.throughput_tps:.1f}",
+                ]
+                for w in summary.waves
+            ],
+        ),
+        "",
+        "## Agents",
+        "",
+        _table(
+            ["agent", "tasks", "succeeded", "not succeeded", "busy s", "mean ms", "workers"],
+            [
+                [
+                    a.agent_id,
+                    str(a.counts.total),
+                    str(a.counts.succeeded),
+                    str(a.counts.total - a.counts.succeeded),
+                    f"{a.busy_ms / 1000:.2f}",
+                    f"{a.mean_duration_ms:.1f}",
+                    ", ".join(a.workers) or "–",
+                ]
+                for a in summary.agents.values()
+            ],
+        ),
+        "",
+        "## Tasks that did not succeed",
+        "",
+    ]
+    if not not_succeeded:
+        out.append("None.")
+    else:
+        rows = [
+            [
+                f"`{o.task_id}`",
+                str(o.wave),
+                o.agent_id or "–",
+                o.status.value,
+                o.error_type or "–",
+                (o.error_msg or "").replace("|", "\\|").replace("\n", " ")[:200],
+            ]
+            for o in sorted(not_succeeded, key=lambda o: (o.wave, o.task_id))[:MAX_LISTED]
+        ]
+        out.append(_table(["task", "wave", "agent", "status", "error type", "error"], rows))
+        if len(not_succeeded) > MAX_LISTED:
+            out.append(f"\n… and {len(not_succeeded) - MAX_LISTED} more (see `executed_tasks.jsonl`).")
+    out.append("")
+    return "\n".join(out)

@@ -1,0 +1,385 @@
+"""Campaign, wave, outcome, claim, agent and event state in Redis (DESIGN.md, "Redis layout").
+
+:class:`Store` wraps one redis-py client; every key it touches is built by :class:`Keys`
+(prefix ``buddy:``). Writes that belong together go in one pipeline (one round trip).
+Outcomes in ``buddy:campaign:<cid>:outcomes`` are the truth for dedupe and resume.
+
+Keys beyond DESIGN.md's table:
+
+- ``buddy:agent:<aid>:workers`` (sorted set): worker name → last heartbeat (epoch seconds);
+  a worker is live while its score is within ``heartbeat_stale_s``.
+- ``buddy:agents`` (set): every agent id that ever heartbeated.
+- ``buddy:campaign:<cid>:wave:<n>:done`` (list): ``wave_complete`` pushes the wave summary
+  here; the coordinator waits on it with BLPOP instead of polling results.
+- ``buddy:campaigns`` (sorted set): campaign id → creation time.
+- ``buddy:campaign:<cid>:undo`` (hash): task id → JSON undo data of reversible tools.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import redis
+from pydantic import BaseModel, Field
+
+from buddy.models import Outcome, TaskStatus, WaveSummary, utcnow
+
+PREFIX = "buddy:"
+
+
+class Keys:
+    """Builders for every Redis key Buddy uses."""
+
+    @staticmethod
+    def campaign(cid: str) -> str:
+        return f"{PREFIX}campaign:{cid}"
+
+    @staticmethod
+    def campaigns() -> str:
+        return f"{PREFIX}campaigns"
+
+    @staticmethod
+    def wave(cid: str, n: int) -> str:
+        return f"{PREFIX}campaign:{cid}:wave:{n}"
+
+    @staticmethod
+    def wave_done(cid: str, n: int) -> str:
+        return f"{PREFIX}campaign:{cid}:wave:{n}:done"
+
+    @staticmethod
+    def outcomes(cid: str) -> str:
+        return f"{PREFIX}campaign:{cid}:outcomes"
+
+    @staticmethod
+    def undo(cid: str) -> str:
+        return f"{PREFIX}campaign:{cid}:undo"
+
+    @staticmethod
+    def claim(cid: str, task_id: str) -> str:
+        return f"{PREFIX}campaign:{cid}:claim:{task_id}"
+
+    @staticmethod
+    def events(cid: str) -> str:
+        return f"{PREFIX}campaign:{cid}:events"
+
+    @staticmethod
+    def agent(aid: str) -> str:
+        return f"{PREFIX}agent:{aid}"
+
+    @staticmethod
+    def agent_workers(aid: str) -> str:
+        return f"{PREFIX}agent:{aid}:workers"
+
+    @staticmethod
+    def agents() -> str:
+        return f"{PREFIX}agents"
+
+    @staticmethod
+    def system_lock() -> str:
+        return f"{PREFIX}lock:system"
+
+
+class Claim(BaseModel):
+    """An execution claim on ``(campaign, task)``: who runs which attempt, since when.
+
+    ``state`` is ``running`` while an attempt is in progress and ``retry_wait`` between a
+    failed attempt and its Celery retry; ``delivery`` is ``<celery task id>:<retries>`` and
+    tells a redelivery of the same message (the earlier attempt died) from a retry.
+    """
+
+    worker: str
+    attempt: int
+    started_at: float
+    state: str = "running"
+    delivery: str = ""
+    errors: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class AgentInfo(BaseModel):
+    """One row of ``buddy agents``: an agent's state as its workers last reported it."""
+
+    agent_id: str
+    status: str
+    live_workers: list[str]
+    heartbeat_age_s: float | None
+    in_flight: int
+    processed: int
+    failed: int
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+def _s(v: bytes | str | None) -> str | None:
+    if v is None:
+        return None
+    return v.decode() if isinstance(v, bytes) else v
+
+
+class Store:
+    """Buddy's Redis state. ``client`` is any redis-py compatible client (fakeredis in unit tests).
+
+    ``events_maxlen`` caps each campaign's event stream (``XADD MAXLEN ~``);
+    ``stale_s`` is how old a heartbeat may be before its worker counts as gone (seconds).
+    """
+
+    def __init__(self, client: redis.Redis, *, events_maxlen: int = 10_000, stale_s: float = 10.0) -> None:
+        # redis-py's stubs type every reply as a sync/async union; Store parses replies itself.
+        self.r: Any = client
+        self.keys = Keys
+        self.events_maxlen = events_maxlen
+        self.stale_s = stale_s
+
+    # -- campaign ------------------------------------------------------------------------
+
+    def create_campaign(self, cid: str, fields: Mapping[str, str]) -> None:
+        """Write the campaign hash and index it; fails if the campaign exists."""
+        pipe = self.r.pipeline()
+        pipe.hsetnx(self.keys.campaign(cid), "created_at", utcnow().isoformat())
+        pipe.hset(self.keys.campaign(cid), mapping=dict(fields))
+        pipe.zadd(self.keys.campaigns(), {cid: time.time()})
+        pipe.execute()
+
+    def update_campaign(self, cid: str, **fields: str | int | float) -> None:
+        self.r.hset(self.keys.campaign(cid), mapping={k: str(v) for k, v in fields.items()})
+
+    def campaign(self, cid: str) -> dict[str, str]:
+        raw = self.r.hgetall(self.keys.campaign(cid))
+        return {_s(k) or "": _s(v) or "" for k, v in raw.items()}
+
+    def campaign_ids(self, limit: int = 20) -> list[str]:
+        """Newest first."""
+        return [_s(x) or "" for x in self.r.zrevrange(self.keys.campaigns(), 0, limit - 1)]
+
+    # -- waves ---------------------------------------------------------------------------
+
+    def start_wave(self, cid: str, n: int, dispatched: int, chord_id: str = "") -> None:
+        pipe = self.r.pipeline()
+        pipe.delete(self.keys.wave_done(cid, n))
+        pipe.hset(
+            self.keys.wave(cid, n),
+            mapping={
+                "dispatched": dispatched,
+                "chord_id": chord_id,
+                "started_at": utcnow().isoformat(),
+            },
+        )
+        pipe.hset(self.keys.campaign(cid), "current_wave", n)
+        pipe.execute()
+
+    def wave_counters(self, cid: str, n: int) -> dict[str, str]:
+        raw = self.r.hgetall(self.keys.wave(cid, n))
+        return {_s(k) or "": _s(v) or "" for k, v in raw.items()}
+
+    def finish_wave(self, cid: str, summary: WaveSummary) -> None:
+        """Store the summary on the wave hash and wake the coordinator (LPUSH on ``:done``)."""
+        data = summary.model_dump_json()
+        pipe = self.r.pipeline()
+        pipe.hset(self.keys.wave(summary.campaign_id, summary.wave), mapping={"summary": data})
+        pipe.rpush(self.keys.wave_done(cid, summary.wave), data)
+        pipe.execute()
+
+    def wait_wave_done(self, cid: str, n: int, timeout_s: float) -> WaveSummary | None:
+        """Block up to ``timeout_s`` seconds (BLPOP) for the wave's summary; None on timeout."""
+        got = self.r.blpop([self.keys.wave_done(cid, n)], timeout=max(timeout_s, 0.01))
+        if got is None:
+            return None
+        # leave it there for a second reader (status, resume)
+        self.r.rpush(self.keys.wave_done(cid, n), got[1])
+        return WaveSummary.model_validate_json(got[1])
+
+    # -- outcomes and claims -------------------------------------------------------------
+
+    def outcomes(self, cid: str, task_ids: Iterable[str] | None = None) -> dict[str, Outcome]:
+        """Outcomes by task id (all of the campaign's when ``task_ids`` is None)."""
+        key = self.keys.outcomes(cid)
+        if task_ids is None:
+            raw = self.r.hgetall(key)
+            return {_s(k) or "": Outcome.model_validate_json(v) for k, v in raw.items()}
+        ids = list(task_ids)
+        if not ids:
+            return {}
+        vals = self.r.hmget(key, ids)
+        return {t: Outcome.model_validate_json(v) for t, v in zip(ids, vals, strict=True) if v is not None}
+
+    def begin_batch(
+        self, cid: str, task_ids: list[str]
+    ) -> tuple[dict[str, Outcome], dict[str, Claim], str | None]:
+        """One round trip: the existing outcomes and claims of ``task_ids``, and the system lock."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hmget(self.keys.outcomes(cid), task_ids)
+        pipe.mget([self.keys.claim(cid, t) for t in task_ids])
+        pipe.get(self.keys.system_lock())
+        outs, claims, lock = pipe.execute()
+        return (
+            {t: Outcome.model_validate_json(v) for t, v in zip(task_ids, outs, strict=True) if v is not None},
+            {t: Claim.model_validate_json(v) for t, v in zip(task_ids, claims, strict=True) if v is not None},
+            _s(lock),
+        )
+
+    def save_undo(self, cid: str, task_id: str, data: dict[str, Any]) -> None:
+        """Persist a reversible tool's undo data before its effect (HSET on ``:undo``)."""
+        self.r.hset(self.keys.undo(cid), task_id, json.dumps(data))
+
+    def set_claims(self, cid: str, wave: int, claims: Mapping[str, Claim], ttl_s: int) -> None:
+        """Write claims (SET with EX ``ttl_s``) and count them as running on the wave."""
+        if not claims:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for tid, claim in claims.items():
+            pipe.set(self.keys.claim(cid, tid), claim.model_dump_json(), ex=ttl_s)
+        pipe.hincrby(self.keys.wave(cid, wave), "running", len(claims))
+        pipe.execute()
+
+    def set_retry_claims(self, cid: str, wave: int, claims: Mapping[str, Claim], ttl_s: int) -> None:
+        """Mark claims ``retry_wait`` (a Celery retry is scheduled) and count them as retrying."""
+        if not claims:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for tid, claim in claims.items():
+            pipe.set(self.keys.claim(cid, tid), claim.model_dump_json(), ex=ttl_s)
+        pipe.hincrby(self.keys.wave(cid, wave), "running", -len(claims))
+        pipe.hincrby(self.keys.wave(cid, wave), "retries", len(claims))
+        pipe.execute()
+
+    def record_outcomes(
+        self,
+        outcomes: list[Outcome],
+        *,
+        running_delta: int = 0,
+    ) -> None:
+        """One round trip: outcomes into the hash, wave and agent counters, one event per outcome.
+
+        ``running_delta`` adjusts the wave's ``running`` counter (claims that end here).
+        """
+        if not outcomes:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        cid = outcomes[0].campaign_id
+        pipe.hset(self.keys.outcomes(cid), mapping={o.task_id: o.model_dump_json() for o in outcomes})
+        per_wave: dict[int, dict[str, int]] = {}
+        per_agent: dict[str, dict[str, int]] = {}
+        for o in outcomes:
+            w = per_wave.setdefault(o.wave, {})
+            w["done"] = w.get("done", 0) + 1
+            w[f"status:{o.status.value}"] = w.get(f"status:{o.status.value}", 0) + 1
+            if o.status is not TaskStatus.SUCCEEDED:
+                w["failed"] = w.get("failed", 0) + 1
+            if o.agent_id and o.worker:
+                a = per_agent.setdefault(o.agent_id, {})
+                a["processed"] = a.get("processed", 0) + 1
+                if o.status is not TaskStatus.SUCCEEDED:
+                    a["failed"] = a.get("failed", 0) + 1
+        for wave, counts in per_wave.items():
+            for field, n in counts.items():
+                pipe.hincrby(self.keys.wave(cid, wave), field, n)
+        if running_delta:
+            pipe.hincrby(self.keys.wave(cid, outcomes[0].wave), "running", running_delta)
+        for aid, counts in per_agent.items():
+            for field, n in counts.items():
+                pipe.hincrby(self.keys.agent(aid), field, n)
+        pipe.xadd(
+            self.keys.events(cid),
+            {
+                "type": "outcomes",
+                "data": json.dumps([[o.task_id, o.status.value, o.agent_id, o.wave] for o in outcomes]),
+            },
+            maxlen=self.events_maxlen,
+            approximate=True,
+        )
+        pipe.execute()
+
+    def undo_data(self, cid: str) -> dict[str, dict[str, Any]]:
+        raw = self.r.hgetall(self.keys.undo(cid))
+        return {_s(k) or "": json.loads(v) for k, v in raw.items()}
+
+    # -- events --------------------------------------------------------------------------
+
+    def event(self, cid: str, type_: str, **data: Any) -> None:
+        """Append one event to the campaign's capped stream (XADD MAXLEN ~)."""
+        self.r.xadd(
+            self.keys.events(cid),
+            {"type": type_, "data": json.dumps(data, default=str)},
+            maxlen=self.events_maxlen,
+            approximate=True,
+        )
+
+    def events(self, cid: str, count: int = 100) -> list[dict[str, Any]]:
+        """The newest ``count`` events, oldest first: ``{"id", "type", "data"}``."""
+        rows = self.r.xrevrange(self.keys.events(cid), count=count)
+        out = []
+        for eid, fields in reversed(rows):
+            f = {_s(k): _s(v) for k, v in fields.items()}
+            out.append({"id": _s(eid), "type": f.get("type"), "data": json.loads(f.get("data") or "null")})
+        return out
+
+    # -- agents --------------------------------------------------------------------------
+
+    def heartbeat(
+        self,
+        worker: str,
+        agent_ids: Iterable[str],
+        *,
+        status: str = "idle",
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record that ``worker`` is alive and serves ``agent_ids`` (ZADD + HSET, one round trip)."""
+        now = time.time()
+        pipe = self.r.pipeline(transaction=False)
+        for aid in agent_ids:
+            pipe.sadd(self.keys.agents(), aid)
+            pipe.zadd(self.keys.agent_workers(aid), {worker: now})
+            fields: dict[str, str | float] = {"heartbeat": now, "status": status}
+            if params is not None:
+                fields["params"] = json.dumps(dict(params))
+            pipe.hset(self.keys.agent(aid), mapping=fields)
+        pipe.execute()
+
+    def worker_gone(self, worker: str, agent_ids: Iterable[str]) -> None:
+        """Remove ``worker`` from its agents' live sets (a clean shutdown)."""
+        pipe = self.r.pipeline(transaction=False)
+        for aid in agent_ids:
+            pipe.zrem(self.keys.agent_workers(aid), worker)
+        pipe.execute()
+
+    def live_workers(self, agent_id: str, now: float | None = None) -> list[str]:
+        """Workers of ``agent_id`` whose last heartbeat is at most ``stale_s`` seconds old."""
+        now = time.time() if now is None else now
+        rows = self.r.zrangebyscore(self.keys.agent_workers(agent_id), now - self.stale_s, "+inf")
+        return sorted(_s(x) or "" for x in rows)
+
+    def add_in_flight(self, agent_id: str, n: int) -> None:
+        self.r.hincrby(self.keys.agent(agent_id), "in_flight", n)
+
+    def agent_ids(self) -> list[str]:
+        return sorted(_s(x) or "" for x in self.r.smembers(self.keys.agents()))
+
+    def agent_info(self, agent_id: str, now: float | None = None) -> AgentInfo:
+        """The agent's state; ``status`` is ``offline`` when no worker heartbeated recently."""
+        now = time.time() if now is None else now
+        raw = {_s(k) or "": _s(v) or "" for k, v in self.r.hgetall(self.keys.agent(agent_id)).items()}
+        live = self.live_workers(agent_id, now)
+        hb = float(raw["heartbeat"]) if raw.get("heartbeat") else None
+        in_flight = max(0, int(raw.get("in_flight") or 0))
+        status = raw.get("status") or "offline"
+        if not live:
+            status = "offline"
+        elif status not in ("degraded",):
+            status = "busy" if in_flight > 0 else "idle"
+        return AgentInfo(
+            agent_id=agent_id,
+            status=status,
+            live_workers=live,
+            heartbeat_age_s=(now - hb) if hb else None,
+            in_flight=in_flight,
+            processed=int(raw.get("processed") or 0),
+            failed=int(raw.get("failed") or 0),
+            params=json.loads(raw["params"]) if raw.get("params") else {},
+        )
+
+    # -- system lock ---------------------------------------------------------------------
+
+    def lock_reason(self) -> str | None:
+        """The system lock's reason, or None when unlocked."""
+        return _s(self.r.get(self.keys.system_lock()))

@@ -1,0 +1,90 @@
+"""The Celery tasks: ``buddy.execute_batch`` (chord header) and ``buddy.wave_complete`` (body).
+
+Both are thin: the work is in :mod:`buddy.execution` and :mod:`buddy.monitor`. Tool
+failures come back as outcomes; only infrastructure faults (Redis down) raise, and then
+Celery's ``acks_late`` + ``reject_on_worker_lost`` keep the message.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Any
+
+from celery import Task
+
+from buddy.config import get_settings
+from buddy.execution import Executor
+from buddy.models import TaskSpec
+from buddy.monitor import summarize_wave
+from buddy.state import Store
+from buddy.tools.registry import default_registry
+from buddy.transport import DEFAULT_REDIS_URL, EXECUTE_TASK, WAVE_COMPLETE_TASK, redis_client
+from workers.app import app
+
+
+@lru_cache(maxsize=1)
+def store() -> Store:
+    """This process's :class:`Store` (one connection pool per process, made after fork)."""
+    s = get_settings()
+    return Store(
+        redis_client(s.redis_url or DEFAULT_REDIS_URL),
+        events_maxlen=s.events_maxlen,
+        stale_s=s.heartbeat_stale_s,
+    )
+
+
+def executor(hostname: str) -> Executor:
+    s = get_settings()
+    return Executor(
+        store(),
+        default_registry(s.tools),
+        worker=f"{hostname}:{os.getpid()}",
+        claim_ttl_s=s.visibility_timeout_s,
+    )
+
+
+@app.task(name=EXECUTE_TASK, bind=True, max_retries=None, acks_late=True)
+def execute_batch(
+    self: Task,
+    campaign_id: str,
+    wave: int,
+    agent_id: str,
+    items: list[dict[str, Any]],
+    carry: list[list[str]] | None = None,
+) -> list[list[str]]:
+    """Run ``items`` (TaskSpec dicts) for ``agent_id`` and return ``[[task_id, status], …]``.
+
+    Tasks whose tool asks for another try are sent again through ``self.retry`` with the
+    policy's backoff as countdown; ``carry`` brings the statuses of the batch's finished
+    tasks along, so the chord body sees every task of the batch in the final result.
+    """
+    specs = [TaskSpec.model_validate(i) for i in items]
+    delivery = f"{self.request.id}:{self.request.retries}"
+    res = executor(self.request.hostname or "worker").run_batch(
+        campaign_id, wave, agent_id, specs, delivery=delivery
+    )
+    done = [*(carry or []), *([t, s] for t, s in res.done)]
+    if res.retry:
+        raise self.retry(
+            args=(),
+            kwargs={
+                "campaign_id": campaign_id,
+                "wave": wave,
+                "agent_id": agent_id,
+                "items": [s.model_dump(mode="json") for s in res.retry],
+                "carry": done,
+            },
+            countdown=res.retry_delay_s,
+        )
+    return done
+
+
+@app.task(name=WAVE_COMPLETE_TASK, acks_late=True)
+def wave_complete(results: list[list[list[str]]], campaign_id: str, wave: int) -> dict[str, Any]:
+    """Chord body: summarize the wave from the outcomes in Redis and wake the coordinator."""
+    ids = [pair[0] for batch in results for pair in batch]
+    st = store()
+    summary = summarize_wave(campaign_id, wave, st.outcomes(campaign_id, ids).values())
+    st.finish_wave(campaign_id, summary)
+    return {"wave": wave, "total": summary.counts.total, "by_status": summary.counts.by_status}
