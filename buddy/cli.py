@@ -23,6 +23,7 @@ from buddy.config import CampaignConfig, get_settings, load_campaign_config, par
 from buddy.errors import BuddyError, ConfigError, ContractError, InfrastructureError, PlanError
 from buddy.models import AgentSpec, Mode, Strategy, agent_queue
 from buddy.plan import CampaignPlan, build_plan, summary_table
+from buddy.state import Store
 
 app = typer.Typer(
     name="buddy",
@@ -197,7 +198,6 @@ def run(
     from buddy.coordinator import CampaignOptions, Coordinator, new_campaign_id
     from buddy.fleet import LocalFleet
     from buddy.redis_server import EmbeddedRedis
-    from buddy.state import Store
     from buddy.tools.registry import default_registry
     from buddy.transport import make_dispatcher, redis_client
 
@@ -386,16 +386,13 @@ def tools_cmd(
             c.description,
         )
     out.print(table)
-    out.print(
-        f"shell allow-list (BUDDY_SHELL_ALLOW): {', '.join(settings.shell_allow) or '(empty: shell denies all)'}"
-    )
-    out.print(
-        f"python.call allow-list (BUDDY_PYTHON_ALLOW): {', '.join(settings.python_allow) or '(empty: denies all)'}"
-    )
+    shell = ", ".join(settings.shell_allow) or "(empty: shell runs nothing)"
+    python = ", ".join(settings.python_allow) or "(empty: python.call runs nothing)"
+    out.print(f"shell allow-list (BUDDY_SHELL_ALLOW): {shell}")
+    out.print(f"python.call allow-list (BUDDY_PYTHON_ALLOW): {python}")
 
 
-def _store(redis_url: str | None) -> object:
-    from buddy.state import Store
+def _store(redis_url: str | None) -> tuple[Store, str]:
     from buddy.transport import DEFAULT_REDIS_URL, redis_client
 
     settings = get_settings()
@@ -411,10 +408,7 @@ def status(
     """Show campaigns and their waves, read from Redis."""
     import redis as redis_mod
 
-    from buddy.state import Store
-
     store, url = _store(redis_url)
-    assert isinstance(store, Store)
     try:
         if campaign is None:
             table = Table(title="campaigns")
@@ -457,10 +451,7 @@ def agents(
     """Show every agent's state: status, live workers, in flight, processed, failed."""
     import redis as redis_mod
 
-    from buddy.state import Store
-
     store, url = _store(redis_url)
-    assert isinstance(store, Store)
     try:
         table = Table(title="agents")
         for col in (

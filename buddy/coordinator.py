@@ -37,6 +37,7 @@ from buddy.models import (
     AgentAssignment,
     AgentSummary,
     CampaignInfo,
+    CampaignStatus,
     ExecutionSummary,
     Mode,
     Outcome,
@@ -141,7 +142,7 @@ class Coordinator:
         """Run every wave; returns the summary (also written to ``execution_summary.json``)."""
         self._begin()
         abort_reason: str | None = None
-        status = "running"
+        status: CampaignStatus = "running"
         progress = self._progress()
         try:
             with progress:
@@ -389,7 +390,7 @@ class Coordinator:
             self.out.write_jsonl(self.out.agent_dir(n, agent) / OutputWriter.EXECUTED, rows)
         self.out.append_jsonl(OutputWriter.TOOL_LOG, (e for o in outcomes for e in tool_log_entries(o)))
 
-    def _finish(self, status: str, abort_reason: str | None) -> ExecutionSummary:
+    def _finish(self, status: CampaignStatus, abort_reason: str | None) -> ExecutionSummary:
         counts = StatusCounts()
         agents: dict[str, AgentSummary] = {}
         for o in self.outcomes.values():
@@ -417,7 +418,7 @@ class Coordinator:
         end = utcnow()
         summary = ExecutionSummary(
             campaign_id=self.cid,
-            status=status,  # type: ignore[arg-type]
+            status=status,
             exit_code=exit_code,
             mode=self.opts.mode,
             counts=counts,

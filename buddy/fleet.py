@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 from buddy.models import AgentSpec
 
@@ -60,22 +61,22 @@ class LocalFleet:
                     "--local",
                     *self.extra_args,
                 ]  # fmt: skip
-                out = subprocess.DEVNULL
+                log: IO[bytes] | None = None
                 if self.log_dir is not None:
                     self.log_dir.mkdir(parents=True, exist_ok=True)
-                    out = open(self.log_dir / f"worker-{spec.id}-{i + 1}.log", "ab")  # noqa: SIM115
+                    log = open(self.log_dir / f"worker-{spec.id}-{i + 1}.log", "ab")  # noqa: SIM115
                 self.procs.append(
                     subprocess.Popen(
                         argv,
                         env=env,
                         stdin=subprocess.DEVNULL,
-                        stdout=out,
+                        stdout=log if log is not None else subprocess.DEVNULL,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
                     )
                 )
-                if out is not subprocess.DEVNULL:
-                    out.close()
+                if log is not None:
+                    log.close()  # the child holds its own descriptor
         return self
 
     def alive(self) -> list[subprocess.Popen[bytes]]:

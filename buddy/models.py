@@ -309,11 +309,14 @@ class CampaignInfo(BaseModel):
     versions: dict[str, str]
 
 
+CampaignStatus = Literal["succeeded", "finished_with_failures", "aborted", "interrupted", "running"]
+
+
 class ExecutionSummary(BaseModel):
     """``execution_summary.json``: totals, per agent, per wave, start and end."""
 
     campaign_id: str
-    status: Literal["succeeded", "finished_with_failures", "aborted", "interrupted", "running"]
+    status: CampaignStatus
     exit_code: int
     mode: Mode
     counts: StatusCounts

@@ -47,7 +47,8 @@ def render_report(summary: ExecutionSummary, plan: CampaignPlan, not_succeeded: 
         out.append(f"- abort reason: {summary.abort_reason}")
     out += [
         f"- mode: {summary.mode.value}; strategy: {plan.strategy.value}",
-        f"- plan: `{plan.path}` (sha256 {plan.digest[:16]}…), {len(plan.tasks)} tasks in {len(plan.waves)} waves",
+        f"- plan: `{plan.path}` (sha256 {plan.digest[:16]}…), "
+        f"{len(plan.tasks)} tasks in {len(plan.waves)} waves",
         f"- agents: {', '.join(a.id for a in plan.agents)}",
         f"- outcomes: {c.total} of {len(plan.tasks)}; succeeded {c.succeeded}, "
         f"failed {c.by_status.get('failed', 0)}, other: {_other(c.by_status)}",
