@@ -16,8 +16,8 @@ from buddy.tools.registry import REGISTRY, ToolRegistry, default_registry
 __all__ = [
     "REGISTRY",
     "ResourceClaim",
-    "Risk",
     "RetryPolicy",
+    "Risk",
     "ToolContext",
     "ToolContract",
     "ToolRegistry",
@@ -84,4 +84,3 @@ def tool(
 def file_claim(path: Path, mode: str = "write") -> ResourceClaim:
     """The claim on a file: ``file:<absolute path>``."""
     return ResourceClaim(name=f"file:{path.resolve()}", mode="read" if mode == "read" else "write")
-
