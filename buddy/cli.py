@@ -11,9 +11,12 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
+from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, NoReturn
+from typing import Annotated, Literal, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -36,6 +39,17 @@ out = Console()
 err = Console(stderr=True)
 
 EXIT_INVALID, EXIT_ABORTED, EXIT_INTERRUPTED = 2, 3, 130
+
+
+class AutoApprove(StrEnum):
+    LOW = "LOW"
+    MEDIUM = "MEDIUM"
+    HIGH = "HIGH"
+
+
+class RollbackScope(StrEnum):
+    wave = "wave"
+    campaign = "campaign"
 
 
 def _fail(message: str, code: int = EXIT_INVALID) -> NoReturn:
@@ -193,6 +207,50 @@ def run(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show the progress bars.")
     ] = True,
+    allow_critical: Annotated[
+        bool, typer.Option("--allow-critical", help="Let CRITICAL tools run live (still needing approval).")
+    ] = False,
+    auto_approve: Annotated[
+        AutoApprove | None,
+        typer.Option(
+            "--auto-approve",
+            help="Approve requests up to this risk without an operator (unattended runs; in the report).",
+        ),
+    ] = None,
+    approval_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--approval-timeout", min=0.1, help="Seconds a request may stay pending; then denied. 600."
+        ),
+    ] = None,
+    max_fail_percentage: Annotated[
+        float | None,
+        typer.Option(
+            "--max-fail-percentage",
+            min=0,
+            max=100,
+            help="Abort when MORE than P% of a wave's tasks fail (failed, timed_out, needs_review); "
+            "later waves are not sent, exit 3. 0 aborts on the first failure; with P=50 a wave of one "
+            "task that fails (100%) aborts; 100 never aborts.",
+        ),
+    ] = None,
+    max_failures: Annotated[
+        int | None,
+        typer.Option(
+            "--max-failures", min=0, help="Abort when MORE than N tasks have failed in the campaign."
+        ),
+    ] = None,
+    rollback_on_abort: Annotated[
+        bool,
+        typer.Option(
+            "--rollback-on-abort",
+            help="On abort, compensate the succeeded reversible tasks (newest first); see --rollback-scope.",
+        ),
+    ] = False,
+    rollback_scope: Annotated[
+        RollbackScope,
+        typer.Option("--rollback-scope", help="wave: the aborted wave only; campaign: every wave."),
+    ] = RollbackScope.wave,
 ) -> None:
     """Run a plan as a wave campaign and write its outputs."""
     from buddy.coordinator import CampaignOptions, Coordinator, new_campaign_id
@@ -260,6 +318,19 @@ def run(
                 embedded=embedded is not None,
                 schedule_path=schedule,
                 config_path=config,
+                escalation=cfg.escalation.model_copy(
+                    update={
+                        "allow_critical": allow_critical or cfg.escalation.allow_critical,
+                        "auto_approve": auto_approve.value if auto_approve else cfg.escalation.auto_approve,
+                    }
+                ),
+                approval_timeout_s=approval_timeout or cfg.approval_timeout_s or 600.0,
+                max_fail_percentage=max_fail_percentage
+                if max_fail_percentage is not None
+                else cfg.max_fail_percentage,
+                max_failures=max_failures if max_failures is not None else cfg.max_failures,
+                rollback_on_abort=rollback_on_abort,
+                rollback_scope=rollback_scope.value,
             ),
             console=err,
         )
@@ -478,6 +549,132 @@ def agents(
                 str(a.failed),
             )
         out.print(table)
+    except redis_mod.RedisError as e:
+        _fail(f"cannot reach Redis at {redact_url(url)}: {e}", EXIT_ABORTED)
+
+
+RedisOpt = Annotated[str | None, typer.Option("--redis-url", help="Default: BUDDY_REDIS_URL.")]
+
+
+@app.command("lock")
+def lock_cmd(
+    reason: Annotated[str, typer.Option("--reason", help="Why; shown to every campaign that runs mock.")],
+    redis_url: RedisOpt = None,
+) -> None:
+    """Lock the system: every campaign runs mock until `buddy unlock` (checked per wave and per task)."""
+    from buddy.safety import lock
+
+    store, url = _store(redis_url)
+    _redis_call(url, lambda: lock(store, reason))
+    out.print(f"locked: {reason}")
+
+
+@app.command("unlock")
+def unlock_cmd(redis_url: RedisOpt = None) -> None:
+    """Remove the system lock."""
+    from buddy.safety import unlock
+
+    store, url = _store(redis_url)
+    was = _redis_call(url, lambda: unlock(store))
+    out.print("unlocked" if was else "was not locked")
+
+
+approvals_app = typer.Typer(help="List, approve and deny approval requests of HIGH/CRITICAL tasks.")
+app.add_typer(approvals_app, name="approvals")
+
+
+@approvals_app.command("list")
+def approvals_list(
+    campaign: Annotated[
+        str | None, typer.Argument(help="Campaign id; none: recent campaigns' requests.")
+    ] = None,
+    pending_only: Annotated[bool, typer.Option("--pending", help="Only undecided requests.")] = False,
+    redis_url: RedisOpt = None,
+) -> None:
+    """Show approval requests: task, wave, risk, tool, status, who decided and when."""
+    from buddy.safety import Approvals
+
+    store, url = _store(redis_url)
+    approvals = Approvals(store)
+    cids = [campaign] if campaign else _redis_call(url, approvals.campaigns)
+    table = Table(title="approval requests")
+    for col in ("campaign", "task", "wave", "risk", "tool", "status", "by", "decided at", "reason", "call"):
+        table.add_column(col)
+    for cid in cids:
+        for a in _redis_call(url, partial(approvals.get, cid)):
+            if pending_only and a.status != "pending":
+                continue
+            table.add_row(
+                cid, a.task_id, str(a.wave), a.risk.value, a.tool, a.status, a.by or "–",
+                a.decided_at or "–", a.reason or "–", a.summary[:60],
+            )  # fmt: skip
+    out.print(table)
+
+
+def _decide(
+    campaign: str,
+    tasks: list[str] | None,
+    wave: int | None,
+    status: Literal["approved", "denied"],
+    reason: str,
+    by: str | None,
+    redis_url: str | None,
+) -> None:
+    from buddy.safety import Approvals, operator
+
+    store, url = _store(redis_url)
+    approvals = Approvals(store)
+    ids = list(tasks or [])
+    if wave is not None:
+        ids += [a.task_id for a in _redis_call(url, lambda: approvals.get(campaign)) if a.wave == wave]
+    if not ids:
+        _fail("name the tasks (TASK…) or a wave (--wave N)")
+    result = _redis_call(
+        url, lambda: approvals.decide(campaign, ids, status, by=by or operator(), reason=reason)
+    )
+    bad = {t: r for t, r in result.items() if r != "decided"}
+    for t, r in result.items():
+        out.print(f"{t}: {status if r == 'decided' else r}", highlight=False)
+    if bad:
+        raise typer.Exit(EXIT_INVALID if any(r == "no request" for r in bad.values()) else 1)
+
+
+@approvals_app.command("approve")
+def approvals_approve(
+    campaign: Annotated[str, typer.Argument(help="Campaign id.")],
+    tasks: Annotated[list[str] | None, typer.Argument(help="Task ids.")] = None,
+    wave: Annotated[int | None, typer.Option("--wave", help="Every pending request of wave N.")] = None,
+    reason: Annotated[str, typer.Option("--reason")] = "",
+    by: Annotated[str | None, typer.Option("--by", help="Who approves (default user@host).")] = None,
+    redis_url: RedisOpt = None,
+) -> None:
+    """Approve pending requests (from any machine); who and when are recorded."""
+    _decide(campaign, tasks, wave, "approved", reason, by, redis_url)
+
+
+@approvals_app.command("deny")
+def approvals_deny(
+    campaign: Annotated[str, typer.Argument(help="Campaign id.")],
+    tasks: Annotated[list[str] | None, typer.Argument(help="Task ids.")] = None,
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded and shown in the outcome).")] = "",
+    wave: Annotated[int | None, typer.Option("--wave", help="Every pending request of wave N.")] = None,
+    by: Annotated[str | None, typer.Option("--by", help="Who denies (default user@host).")] = None,
+    redis_url: RedisOpt = None,
+) -> None:
+    """Deny pending requests: those tasks end `denied` and nothing of them runs."""
+    if not reason:
+        _fail("--reason is required to deny")
+    _decide(campaign, tasks, wave, "denied", reason, by, redis_url)
+
+
+T = TypeVar("T")
+
+
+def _redis_call(url: str, fn: Callable[[], T]) -> T:
+    import redis as redis_mod
+
+    try:
+        return fn()
     except redis_mod.RedisError as e:
         _fail(f"cannot reach Redis at {redact_url(url)}: {e}", EXIT_ABORTED)
 

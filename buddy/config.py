@@ -8,6 +8,7 @@ CLI flags override it.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -18,6 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from buddy.errors import ConfigError
 from buddy.models import AgentSpec, Mode, Strategy
+from buddy.safety import EscalationPolicy
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -70,7 +72,12 @@ def get_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as e:
-        raise ConfigError(f"bad BUDDY_* environment: {e}") from None
+        lines = [
+            f"BUDDY_{str(err['loc'][0]).upper() if err['loc'] else '?'}: {err['msg']}"
+            f" (got {err.get('input')!r})"
+            for err in e.errors()
+        ]
+        raise ConfigError("bad environment: " + "; ".join(lines)) from None
 
 
 class TaskDefaults(BaseModel):
@@ -87,7 +94,9 @@ class CampaignConfig(BaseModel):
     """The ``--config campaign.yaml`` file. Every key is optional; CLI flags override it.
 
     ``shell_allow`` / ``python_allow`` / ``tools`` apply to the local workers that ``buddy run``
-    starts itself; workers of a fleet keep their own ``BUDDY_*`` allow-lists.
+    starts itself; workers of a fleet keep their own ``BUDDY_*`` allow-lists. ``escalation``
+    holds the confidence threshold per risk level (``low``, ``medium``, ``high``, ``critical``,
+    0–1), ``allow_critical`` and ``auto_approve`` (:class:`buddy.safety.EscalationPolicy`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -102,6 +111,10 @@ class CampaignConfig(BaseModel):
     python_allow: list[str] = Field(default_factory=list)
     tools: list[str] = Field(default_factory=list)
     defaults: TaskDefaults = Field(default_factory=TaskDefaults)
+    escalation: EscalationPolicy = Field(default_factory=EscalationPolicy)
+    approval_timeout_s: float | None = Field(default=None, gt=0)
+    max_fail_percentage: float | None = Field(default=None, ge=0, le=100)
+    max_failures: int | None = Field(default=None, ge=0)
 
 
 def load_campaign_config(path: Path) -> CampaignConfig:
@@ -140,12 +153,14 @@ def parse_agents(value: str | None, default: int = 3) -> list[AgentSpec]:
     if value is None or value.strip() == "":
         return [AgentSpec(id=f"a{i}") for i in range(1, default + 1)]
     value = value.strip()
-    if value.isdigit():
+    if re.fullmatch(r"[+-]?[0-9]+", value):
         n = int(value)
         if not 1 <= n <= 256:
             raise ConfigError(f"--agents {value}: a count must be 1..256")
         return [AgentSpec(id=f"a{i}") for i in range(1, n + 1)]
     ids = [x.strip() for x in value.split(",") if x.strip()]
+    if not ids:
+        raise ConfigError(f"--agents {value}: no agent id given")
     if len(set(ids)) != len(ids):
         raise ConfigError(f"--agents {value}: an agent id is repeated")
     try:

@@ -19,6 +19,7 @@ Exit codes: 0 all succeeded, 1 finished with any other status, 3 aborted, 130 in
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
 import time
@@ -32,6 +33,7 @@ from celery import Celery, chord
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from buddy.lifecycle import TaskLifecycle, Transition
 from buddy.models import (
     COORDINATOR_QUEUE,
     AgentAssignment,
@@ -41,6 +43,7 @@ from buddy.models import (
     ExecutionSummary,
     Mode,
     Outcome,
+    Risk,
     StatusCounts,
     TaskSpec,
     TaskStatus,
@@ -53,6 +56,7 @@ from buddy.monitor import summarize_wave
 from buddy.outputs import OutputWriter
 from buddy.plan import CampaignPlan, PlannedTask
 from buddy.report import render_report
+from buddy.safety import Approvals, EscalationPolicy, Gate, escalate
 from buddy.state import Store
 from buddy.tools.registry import ToolRegistry
 from buddy.transport import EXECUTE_TASK, WAVE_COMPLETE_TASK
@@ -63,6 +67,8 @@ EXIT_OK, EXIT_FAILURES, EXIT_INVALID, EXIT_ABORTED, EXIT_INTERRUPTED = 0, 1, 2, 
 LONG_TASK_S = 0.5
 #: Upper bound on tasks per message.
 MAX_BATCH = 64
+#: Statuses that count against ``--max-fail-percentage`` and ``--max-failures``.
+FAILURE_STATUSES = frozenset({TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.NEEDS_REVIEW})
 
 
 def new_campaign_id(now: datetime | None = None) -> str:
@@ -110,6 +116,12 @@ class CampaignOptions:
     embedded: bool = False
     schedule_path: Path | None = None
     config_path: Path | None = None
+    escalation: EscalationPolicy = field(default_factory=EscalationPolicy)
+    approval_timeout_s: float = 600.0
+    max_fail_percentage: float | None = None
+    max_failures: int | None = None
+    rollback_on_abort: bool = False
+    rollback_scope: str = "wave"
 
 
 class Coordinator:
@@ -135,6 +147,11 @@ class Coordinator:
         self.outcomes: dict[str, Outcome] = {}
         self.wave_summaries: list[WaveSummary] = []
         self.start_time = utcnow()
+        self.approvals = Approvals(store)
+        self.lifecycle = TaskLifecycle(self.cid, list(plan.tasks))
+        self.transitions: list[Transition] = []
+        self.failures = 0
+        self.aborted_wave: int | None = None
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -201,6 +218,8 @@ class Coordinator:
                 "config": info.model_dump_json(),
             },
         )
+        for tid in self.plan.tasks:
+            self._move(tid, TaskStatus.VALIDATED, "plan validated")
         self.store.event(self.cid, "campaign_started", tasks=len(self.plan.tasks), mode=self.opts.mode.value)
         self.console.print(
             f"campaign [bold]{self.cid}[/]: {len(self.plan.tasks)} tasks in {len(self.plan.waves)} waves "
@@ -228,49 +247,166 @@ class Coordinator:
         tasks = self.plan.waves[n]
         ids = [t.task.task_id for t in tasks]
         self.outcomes.update(self.store.outcomes(self.cid, ids))  # resume: never re-run a final outcome
-        skipped: list[Outcome] = []
-        to_send: dict[str, list[PlannedTask]] = defaultdict(list)
+        lock = self.store.lock_reason()
+        if lock:
+            self.console.print(f"[yellow]system locked[/] ({lock}): wave {n} runs mock")
+        pre: list[Outcome] = []  # outcomes the coordinator decides: skipped, denied
+        gates: dict[str, Gate] = {}
+        waiting: list[PlannedTask] = []
         for pt in tasks:
-            if pt.task.task_id in self.outcomes:
+            tid = pt.task.task_id
+            if tid in self.outcomes:
                 continue
             reason = self._upstream_failure(pt)
             if reason is not None:
-                skipped.append(self._skipped(pt, reason))
-            else:
+                pre.append(self._closed(pt, TaskStatus.SKIPPED, "upstream_failed", reason))
+                continue
+            risk = self._risk(pt)
+            gate = escalate(self.opts.mode, risk, pt.task.confidence, self.opts.escalation, locked=lock)
+            gates[tid] = gate
+            if gate.needs_approval:
+                self._move(tid, TaskStatus.AWAITING_APPROVAL, f"{risk.value} task would run live")
+                if self.opts.escalation.auto_approves(risk):
+                    self.approvals.request(self.cid, [self._approval_item(pt, risk)])
+                    self.approvals.decide(
+                        self.cid, [tid], "approved", by="auto-approve", reason=f"--auto-approve {risk.value}"
+                    )
+                    self._move(
+                        tid, TaskStatus.APPROVED, f"--auto-approve {self.opts.escalation.auto_approve}"
+                    )
+                else:
+                    waiting.append(pt)
+        if waiting:
+            for pt, why in self._await_approvals(n, waiting, progress):
+                pre.append(self._closed(pt, TaskStatus.DENIED, "approval_denied", why, mode=Mode.LIVE))
+        closed = {o.task_id for o in pre}
+        to_send: dict[str, list[PlannedTask]] = defaultdict(list)
+        for pt in tasks:
+            tid = pt.task.task_id
+            if tid in gates and tid not in closed:
                 to_send[pt.agent].append(pt)
-        self._write_assignments(n, tasks)
+                self._move(tid, TaskStatus.QUEUED, f"wave {n} on {agent_queue(pt.agent)}", gates[tid].reason)
+        self._write_assignments(n, tasks, gates)
         sent = sum(len(v) for v in to_send.values())
         bar = progress.add_task("", total=len(tasks), wave=n, failed=0, running=0)
         self.store.start_wave(self.cid, n, dispatched=sent)
-        if skipped:
-            self.store.record_outcomes(skipped)
+        if pre:
+            self.store.record_outcomes(pre)
         if sent:
-            self._dispatch_and_wait(n, to_send, bar, progress)
+            self._dispatch_and_wait(n, to_send, gates, bar, progress)
         got = self.store.outcomes(self.cid, ids)
         self.outcomes.update(got)
-        summary = summarize_wave(self.cid, n, (got[i] for i in ids if i in got))
+        wave_outcomes = [got[i] for i in ids if i in got]
+        summary = summarize_wave(self.cid, n, wave_outcomes)
         progress.update(
-            bar,
-            completed=len(got),
-            failed=summary.counts.total - summary.counts.succeeded,
-            running=0,
+            bar, completed=len(got), failed=summary.counts.total - summary.counts.succeeded, running=0
         )
         self.wave_summaries.append(summary)
-        self._write_wave_outputs(n, [got[i] for i in ids if i in got])
+        self._write_wave_outputs(n, wave_outcomes)
         self.store.event(self.cid, "wave_finished", wave=n, by_status=summary.counts.by_status)
+        self._check_thresholds(n, wave_outcomes)
+
+    def _check_thresholds(self, n: int, wave_outcomes: list[Outcome]) -> None:
+        """Abort when the wave's failures are *more than* ``max_fail_percentage`` of its tasks, or
+        the campaign's failures are more than ``max_failures`` (failed, timed_out, needs_review)."""
+        failed = sum(1 for o in wave_outcomes if o.status in FAILURE_STATUSES)
+        self.failures += failed
+        p = self.opts.max_fail_percentage
+        if p is not None and wave_outcomes and failed * 100.0 / len(wave_outcomes) > p:
+            self.aborted_wave = n
+            raise CampaignAborted(
+                f"max_fail_percentage: {failed} of {len(wave_outcomes)} tasks of wave {n} "
+                f"({failed * 100.0 / len(wave_outcomes):.0f}%) failed, more than {p:g}%"
+            )
+        m = self.opts.max_failures
+        if m is not None and self.failures > m:
+            self.aborted_wave = n
+            raise CampaignAborted(f"max_failures: {self.failures} tasks failed so far, more than {m}")
+
+    def _await_approvals(
+        self, n: int, waiting: list[PlannedTask], progress: Progress
+    ) -> list[tuple[PlannedTask, str]]:
+        """Request approvals and wait for decisions (at most ``approval_timeout_s``).
+
+        Returns the denied tasks with the reason; the approved ones move to ``approved``.
+        """
+        by_id = {pt.task.task_id: pt for pt in waiting}
+        self.approvals.request(self.cid, [self._approval_item(pt, self._risk(pt)) for pt in waiting])
+        self.console.print(
+            f"wave {n}: {len(waiting)} task(s) wait for an operator's approval "
+            f"(timeout {self.opts.approval_timeout_s:g} s): "
+            f"buddy approvals list {self.cid}; buddy approvals approve {self.cid} --wave {n}",
+            highlight=False,
+        )
+        self.store.event(self.cid, "approvals_requested", wave=n, tasks=sorted(by_id))
+        bar = progress.add_task("", total=len(waiting), wave=f"{n} approvals", failed=0, running=len(waiting))
+        deadline = time.monotonic() + self.opts.approval_timeout_s
+        pending = set(by_id)
+        denied: list[tuple[PlannedTask, str]] = []
+        while pending:
+            for a in self.approvals.get(self.cid, sorted(pending)):
+                if a.status == "pending":
+                    continue
+                pending.discard(a.task_id)
+                why = f"{a.status} by {a.by}" + (f": {a.reason}" if a.reason else "")
+                if a.status == "approved":
+                    self._move(a.task_id, TaskStatus.APPROVED, why, by=f"operator {a.by}")
+                else:
+                    self._move(a.task_id, TaskStatus.DENIED, why, by=f"operator {a.by}")
+                    denied.append((by_id[a.task_id], f"approval {why}"))
+            progress.update(
+                bar, completed=len(waiting) - len(pending), failed=len(denied), running=len(pending)
+            )
+            if not pending:
+                break
+            if time.monotonic() >= deadline:
+                for tid in self.approvals.expire(self.cid, sorted(pending), self.opts.approval_timeout_s):
+                    why = f"no decision within {self.opts.approval_timeout_s:g} s"
+                    self._move(tid, TaskStatus.DENIED, f"approval timed out: {why}")
+                    denied.append((by_id[tid], f"approval timed out: {why}"))
+                    pending.discard(tid)
+                continue  # a decision that raced the timeout is read on the next pass
+            time.sleep(0.25)
+        return denied
+
+    def _approval_item(self, pt: PlannedTask, risk: Risk) -> tuple[str, Risk, str, int, str]:
+        summary = json.dumps(pt.task.args, sort_keys=True)
+        return (pt.task.task_id, risk, pt.task.tool, pt.wave, summary)
+
+    def _risk(self, pt: PlannedTask) -> Risk:
+        contract = self.registry.get(pt.task.tool)
+        return contract.risk_for(contract.parse_args(pt.task.args))
+
+    def _move(
+        self,
+        task_id: str,
+        to: TaskStatus,
+        reason: str | None = None,
+        extra: str | None = None,
+        *,
+        by: str = "coordinator",
+    ) -> None:
+        why = "; ".join(x for x in (reason, extra) if x) or None
+        self.transitions.append(self.lifecycle.move(task_id, to, by=by, reason=why))
 
     def _dispatch_and_wait(
-        self, n: int, to_send: dict[str, list[PlannedTask]], bar: Any, progress: Progress
+        self,
+        n: int,
+        to_send: dict[str, list[PlannedTask]],
+        gates: dict[str, Gate],
+        bar: Any,
+        progress: Progress,
     ) -> None:
         header = []
         for agent, pts in sorted(to_send.items()):
             slots = next((a.concurrency for a in self.plan.agents if a.id == agent), 1)
             slots *= max(1, len(self.store.live_workers(agent)))
-            expected = [self._expected_s(pt) for pt in pts]
-            known = [e for e in expected if e is not None]
+            known = [pt.expected_s for pt in pts if pt.expected_s is not None]
             size = batch_size(len(pts), slots, max(known) if known else None, self.opts.batch_size)
             for i in range(0, len(pts), size):
-                items = [self._spec(pt).model_dump(mode="json") for pt in pts[i : i + size]]
+                items = [
+                    self._spec(pt, gates[pt.task.task_id]).model_dump(mode="json") for pt in pts[i : i + size]
+                ]
                 header.append(
                     self.app.signature(
                         EXECUTE_TASK,
@@ -317,16 +453,13 @@ class Coordinator:
 
     # -- per task ------------------------------------------------------------------------
 
-    def _expected_s(self, pt: PlannedTask) -> float | None:
-        contract = self.registry.get(pt.task.tool)
-        return contract.expected_duration_s(contract.parse_args(pt.task.args))
-
-    def _spec(self, pt: PlannedTask) -> TaskSpec:
+    def _spec(self, pt: PlannedTask, gate: Gate) -> TaskSpec:
         return TaskSpec(
             task_id=pt.task.task_id,
             tool=pt.task.tool,
             args=pt.task.args,
-            mode=self.opts.mode,
+            mode=gate.mode,
+            mode_reason=gate.reason,
             workdir=str(self.opts.workdir),
             planned_agent=pt.agent,
             planned_wave=pt.wave,
@@ -343,26 +476,30 @@ class Coordinator:
                 return f"dependency {dep!r} ended {o.status.value}"
         return None
 
-    def _skipped(self, pt: PlannedTask, reason: str) -> Outcome:
+    def _closed(
+        self, pt: PlannedTask, status: TaskStatus, error_type: str, reason: str, *, mode: Mode | None = None
+    ) -> Outcome:
+        """An outcome the coordinator decides without dispatching (skipped, denied)."""
+        self._move(pt.task.task_id, status, reason)
         now = utcnow()
         return Outcome(
             task_id=pt.task.task_id,
             campaign_id=self.cid,
             agent_id=pt.agent,
             wave=pt.wave,
-            status=TaskStatus.SKIPPED,
-            mode=self.opts.mode,
+            status=status,
+            mode=mode or self.opts.mode,
             attempts=0,
             start_time=now,
             end_time=now,
-            error_type="upstream_failed",
+            error_type=error_type,
             error_msg=reason,
             tool=pt.task.tool,
         )
 
     # -- outputs -------------------------------------------------------------------------
 
-    def _write_assignments(self, n: int, tasks: list[PlannedTask]) -> None:
+    def _write_assignments(self, n: int, tasks: list[PlannedTask], gates: dict[str, Gate]) -> None:
         by_agent: dict[str, list[AgentAssignment]] = defaultdict(list)
         for pt in tasks:
             by_agent[pt.agent].append(
@@ -376,7 +513,8 @@ class Coordinator:
                     priority=pt.task.priority,
                     predicted_success=pt.task.predicted_success,
                     confidence=pt.task.confidence,
-                    mode=self.opts.mode,
+                    mode=gates[pt.task.task_id].mode if pt.task.task_id in gates else self.opts.mode,
+                    mode_reason=gates[pt.task.task_id].reason if pt.task.task_id in gates else None,
                 )
             )
         for agent, rows in by_agent.items():
@@ -389,6 +527,16 @@ class Coordinator:
         for agent, rows in by_agent.items():
             self.out.write_jsonl(self.out.agent_dir(n, agent) / OutputWriter.EXECUTED, rows)
         self.out.append_jsonl(OutputWriter.TOOL_LOG, (e for o in outcomes for e in tool_log_entries(o)))
+        self._flush_transitions()
+        for o in outcomes:  # the workers moved these; follow them so later moves stay legal
+            self.lifecycle.state[o.task_id] = o.status
+
+    def _flush_transitions(self) -> None:
+        rows = [*self.transitions, *self.store.pop_transitions(self.cid)]
+        self.transitions.clear()
+        if rows:
+            rows.sort(key=lambda t: t.at)
+            self.out.append_jsonl(OutputWriter.TRANSITIONS, rows)
 
     def _finish(self, status: CampaignStatus, abort_reason: str | None) -> ExecutionSummary:
         counts = StatusCounts()

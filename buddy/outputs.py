@@ -19,6 +19,8 @@ class OutputWriter:
     SUMMARY = "execution_summary.json"
     REPORT = "report.md"
     TOOL_LOG = "tool_execution_log.jsonl"
+    TRANSITIONS = "state_transitions.jsonl"
+    ROLLBACKS = "rollback_events.jsonl"
     ASSIGNMENTS = "agent_assignments.jsonl"
     EXECUTED = "executed_tasks.jsonl"
 

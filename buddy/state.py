@@ -25,6 +25,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel, Field
 
+from buddy.lifecycle import Transition
 from buddy.models import Outcome, TaskStatus, WaveSummary, utcnow
 
 PREFIX = "buddy:"
@@ -60,6 +61,10 @@ class Keys:
     @staticmethod
     def claim(cid: str, task_id: str) -> str:
         return f"{PREFIX}campaign:{cid}:claim:{task_id}"
+
+    @staticmethod
+    def transitions(cid: str) -> str:
+        return f"{PREFIX}campaign:{cid}:transitions"
 
     @staticmethod
     def events(cid: str) -> str:
@@ -173,10 +178,10 @@ class Store:
         return {_s(k) or "": _s(v) or "" for k, v in raw.items()}
 
     def finish_wave(self, cid: str, summary: WaveSummary) -> None:
-        """Store the summary on the wave hash and wake the coordinator (LPUSH on ``:done``)."""
+        """Store the summary on the wave hash and wake the coordinator (RPUSH on ``:done``)."""
         data = summary.model_dump_json()
         pipe = self.r.pipeline()
-        pipe.hset(self.keys.wave(summary.campaign_id, summary.wave), mapping={"summary": data})
+        pipe.hset(self.keys.wave(cid, summary.wave), mapping={"summary": data})
         pipe.rpush(self.keys.wave_done(cid, summary.wave), data)
         pipe.execute()
 
@@ -249,7 +254,8 @@ class Store:
         *,
         running_delta: int = 0,
     ) -> None:
-        """One round trip: outcomes into the hash, wave and agent counters, one event per outcome.
+        """One round trip: outcomes into the hash, wave and agent counters, and one ``outcomes``
+        event listing ``[task_id, status, agent_id, wave]`` per outcome.
 
         ``running_delta`` adjusts the wave's ``running`` counter (claims that end here).
         """
@@ -377,6 +383,23 @@ class Store:
             failed=int(raw.get("failed") or 0),
             params=json.loads(raw["params"]) if raw.get("params") else {},
         )
+
+    # -- state transitions ---------------------------------------------------------------
+
+    def push_transitions(self, cid: str, rows: list[Transition], pipe: Any = None) -> None:
+        """Append workers' transitions (RPUSH, one command); in ``pipe`` when given."""
+        if not rows:
+            return
+        target = pipe if pipe is not None else self.r
+        target.rpush(self.keys.transitions(cid), *(t.model_dump_json() for t in rows))
+
+    def pop_transitions(self, cid: str) -> list[Transition]:
+        """Take every queued transition of ``cid`` (LRANGE + LTRIM in one MULTI)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.lrange(self.keys.transitions(cid), 0, -1)
+        pipe.delete(self.keys.transitions(cid))
+        rows, _ = pipe.execute()
+        return [Transition.model_validate_json(x) for x in rows]
 
     # -- system lock ---------------------------------------------------------------------
 

@@ -69,7 +69,8 @@ def tool(
             f"tool {name!r}: unknown contract option(s) {', '.join(unknown)}; "
             f"the options are: {', '.join(sorted(_OPTIONS))}"
         )
-    registry: ToolRegistry = options.pop("registry", None) or REGISTRY
+    given: ToolRegistry | None = options.pop("registry", None)
+    registry = REGISTRY if given is None else given  # an empty registry is falsy: test for None
 
     def decorate(fn: Callable[[Any, ToolContext], Any]) -> ToolContract:
         description = options.pop("description", None) or (fn.__doc__ or name).strip().splitlines()[0]

@@ -790,3 +790,18 @@ def test_python_call_mock_and_dry_run_call_nothing(ctx: ToolContext, allow: Any)
 def test_python_call_rejects_bad_args(bad: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         tool("python.call").parse_args(bad)
+
+
+def test_decorator_registers_into_an_empty_private_registry() -> None:
+    from pydantic import BaseModel
+
+    from buddy.tools import REGISTRY, ToolRegistry
+    from buddy.tools import tool as register
+
+    class NoArgs(BaseModel):
+        pass
+
+    reg = ToolRegistry()
+    register("test.private_only", args=NoArgs, result=NoArgs, registry=reg)(lambda a, c: {})
+    assert "test.private_only" in reg
+    assert "test.private_only" not in REGISTRY
