@@ -157,12 +157,12 @@ def validate(
         )
     except (PlanError, ConfigError, ContractError) as e:
         _fail(str(e))
-    rows = summary_table(cp)
+    header, *rows = summary_table(cp)
     table = Table(title=f"{plan}: {len(cp.tasks)} tasks, {len(cp.waves)} waves, strategy {cp.strategy.value}")
-    for h in ["wave", *[a.id for a in cp.agents], "total"]:
+    for h in header:
         table.add_column(h, justify="right")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*row, end_section=row[0] == "total")
     out.print(table)
     out.print(f"plan OK (sha256 {cp.digest})")
 
@@ -589,6 +589,7 @@ def approvals_list(
         str | None, typer.Argument(help="Campaign id; none: recent campaigns' requests.")
     ] = None,
     pending_only: Annotated[bool, typer.Option("--pending", help="Only undecided requests.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     redis_url: RedisOpt = None,
 ) -> None:
     """Show approval requests: task, wave, risk, tool, status, who decided and when."""
@@ -597,17 +598,26 @@ def approvals_list(
     store, url = _store(redis_url)
     approvals = Approvals(store)
     cids = [campaign] if campaign else _redis_call(url, approvals.campaigns)
+    rows = [
+        a
+        for cid in cids
+        for a in _redis_call(url, partial(approvals.get, cid))
+        if not pending_only or a.status == "pending"
+    ]
+    if as_json:
+        for a in rows:
+            print(a.model_dump_json())
+        return
     table = Table(title="approval requests")
-    for col in ("campaign", "task", "wave", "risk", "tool", "status", "by", "decided at", "reason", "call"):
-        table.add_column(col)
-    for cid in cids:
-        for a in _redis_call(url, partial(approvals.get, cid)):
-            if pending_only and a.status != "pending":
-                continue
-            table.add_row(
-                cid, a.task_id, str(a.wave), a.risk.value, a.tool, a.status, a.by or "–",
-                a.decided_at or "–", a.reason or "–", a.summary[:60],
-            )  # fmt: skip
+    cols = ["task", "wave", "risk", "tool", "status", "by", "decided at", "reason", "args"]
+    if campaign is None:
+        cols.insert(0, "campaign")
+    for col in cols:
+        table.add_column(col, overflow="fold")
+    for a in rows:
+        cells = [a.task_id, str(a.wave), a.risk.value, a.tool, a.status, a.by or "–",
+                 a.decided_at or "–", a.reason or "–", a.summary[:80]]  # fmt: skip
+        table.add_row(*([a.campaign_id, *cells] if campaign is None else cells))
     out.print(table)
 
 
@@ -665,6 +675,53 @@ def approvals_deny(
     if not reason:
         _fail("--reason is required to deny")
     _decide(campaign, tasks, wave, "denied", reason, by, redis_url)
+
+
+@app.command("rollback")
+def rollback_cmd(
+    campaign: Annotated[str, typer.Argument(help="Campaign id.")],
+    wave: Annotated[int | None, typer.Option("--wave", help="Only this wave (default: every wave).")] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1, help="Seconds to wait for the workers.")
+    ] = 300,
+    redis_url: RedisOpt = None,
+    tools: ToolsOpt = None,
+) -> None:
+    """Compensate a campaign's succeeded reversible tasks, newest first, through its agents' workers.
+
+    Needs the campaign's Redis (a fleet's; an embedded campaign's Redis is gone with it) and a
+    live worker for each agent that ran a task to undo. Irreversible tasks are listed, not undone.
+    """
+    from buddy.rollback import compensate
+    from buddy.tools.registry import default_registry
+    from buddy.transport import make_dispatcher
+
+    store, url = _store(redis_url)
+    info = _redis_call(url, lambda: store.campaign(campaign))
+    if not info:
+        _fail(f"no campaign {campaign!r} in Redis at {redact_url(url)}")
+    registry = default_registry([*get_settings().tools, *_split(tools)])
+    outcomes = _redis_call(url, lambda: store.outcomes(campaign))
+    events = _redis_call(
+        url,
+        lambda: compensate(
+            make_dispatcher(url), store, campaign, outcomes.values(), registry, wave=wave, timeout_s=timeout
+        ),
+    )
+    table = Table(title=f"rollback of {campaign}")
+    for col in ("task", "wave", "agent", "status", "detail"):
+        table.add_column(col)
+    for e in events:
+        table.add_row(e.task_id, str(e.wave or "–"), e.agent_id or "–", e.status, e.error or e.reason or "–")
+    out.print(table)
+    out_dir = Path(info.get("out_dir") or "")
+    if out_dir.is_dir() and events:
+        from buddy.outputs import OutputWriter
+
+        OutputWriter(out_dir).append_jsonl(OutputWriter.ROLLBACKS, events)
+        out.print(f"appended to {out_dir / OutputWriter.ROLLBACKS}")
+    if any(e.status == "failed" for e in events):
+        raise typer.Exit(1)
 
 
 T = TypeVar("T")

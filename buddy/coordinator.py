@@ -44,6 +44,7 @@ from buddy.models import (
     Mode,
     Outcome,
     Risk,
+    RollbackEvent,
     StatusCounts,
     TaskSpec,
     TaskStatus,
@@ -55,7 +56,8 @@ from buddy.models import (
 from buddy.monitor import summarize_wave
 from buddy.outputs import OutputWriter
 from buddy.plan import CampaignPlan, PlannedTask
-from buddy.report import render_report
+from buddy.report import ReportContext, render_report
+from buddy.rollback import compensate
 from buddy.safety import Approvals, EscalationPolicy, Gate, escalate
 from buddy.state import Store
 from buddy.tools.registry import ToolRegistry
@@ -152,6 +154,7 @@ class Coordinator:
         self.transitions: list[Transition] = []
         self.failures = 0
         self.aborted_wave: int | None = None
+        self.rollbacks: list[RollbackEvent] = []
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -169,6 +172,8 @@ class Coordinator:
         except CampaignAborted as e:
             abort_reason, status = e.reason, "aborted"
             self.console.print(f"[red]campaign aborted:[/] {e.reason}")
+            if self.opts.rollback_on_abort:
+                self._compensate()
         except KeyboardInterrupt:
             abort_reason, status = "interrupted by the operator (Ctrl-C)", "interrupted"
             self.console.print("[yellow]interrupted[/]: outputs hold what finished so far")
@@ -277,8 +282,8 @@ class Coordinator:
                 else:
                     waiting.append(pt)
         if waiting:
-            for pt, why in self._await_approvals(n, waiting, progress):
-                pre.append(self._closed(pt, TaskStatus.DENIED, "approval_denied", why, mode=Mode.LIVE))
+            for pt, why, by in self._await_approvals(n, waiting, progress):
+                pre.append(self._closed(pt, TaskStatus.DENIED, "approval_denied", why, mode=Mode.LIVE, by=by))
         closed = {o.task_id for o in pre}
         to_send: dict[str, list[PlannedTask]] = defaultdict(list)
         for pt in tasks:
@@ -306,6 +311,24 @@ class Coordinator:
         self.store.event(self.cid, "wave_finished", wave=n, by_status=summary.counts.by_status)
         self._check_thresholds(n, wave_outcomes)
 
+    def _compensate(self) -> None:
+        """``--rollback-on-abort``: undo the succeeded reversible tasks of the aborted wave
+        (``--rollback-scope wave``) or of the campaign, newest first."""
+        wave = self.aborted_wave if self.opts.rollback_scope == "wave" else None
+        if self.opts.rollback_scope == "wave" and wave is None:
+            return  # aborted before any wave finished: nothing ran
+        where = f"wave {wave}" if wave else "the campaign"
+        self.console.print(f"rolling back the succeeded reversible tasks of {where}")
+        outcomes = self.store.outcomes(self.cid)
+        self.rollbacks = compensate(
+            self.app, self.store, self.cid, outcomes.values(), self.registry, wave=wave
+        )
+        self.out.append_jsonl(OutputWriter.ROLLBACKS, self.rollbacks)
+        self.outcomes.update(self.store.outcomes(self.cid, [e.task_id for e in self.rollbacks]))
+        self._flush_transitions()
+        done = sum(1 for e in self.rollbacks if e.status == "rolled_back")
+        self.console.print(f"rolled back {done} task(s); see {OutputWriter.ROLLBACKS}")
+
     def _check_thresholds(self, n: int, wave_outcomes: list[Outcome]) -> None:
         """Abort when the wave's failures are *more than* ``max_fail_percentage`` of its tasks, or
         the campaign's failures are more than ``max_failures`` (failed, timed_out, needs_review)."""
@@ -325,10 +348,11 @@ class Coordinator:
 
     def _await_approvals(
         self, n: int, waiting: list[PlannedTask], progress: Progress
-    ) -> list[tuple[PlannedTask, str]]:
+    ) -> list[tuple[PlannedTask, str, str]]:
         """Request approvals and wait for decisions (at most ``approval_timeout_s``).
 
-        Returns the denied tasks with the reason; the approved ones move to ``approved``.
+        Returns the denied tasks with the reason and who denied; the approved ones move to
+        ``approved`` here, the denied ones when their outcome is written.
         """
         by_id = {pt.task.task_id: pt for pt in waiting}
         self.approvals.request(self.cid, [self._approval_item(pt, self._risk(pt)) for pt in waiting])
@@ -342,7 +366,7 @@ class Coordinator:
         bar = progress.add_task("", total=len(waiting), wave=f"{n} approvals", failed=0, running=len(waiting))
         deadline = time.monotonic() + self.opts.approval_timeout_s
         pending = set(by_id)
-        denied: list[tuple[PlannedTask, str]] = []
+        denied: list[tuple[PlannedTask, str, str]] = []
         while pending:
             for a in self.approvals.get(self.cid, sorted(pending)):
                 if a.status == "pending":
@@ -352,8 +376,7 @@ class Coordinator:
                 if a.status == "approved":
                     self._move(a.task_id, TaskStatus.APPROVED, why, by=f"operator {a.by}")
                 else:
-                    self._move(a.task_id, TaskStatus.DENIED, why, by=f"operator {a.by}")
-                    denied.append((by_id[a.task_id], f"approval {why}"))
+                    denied.append((by_id[a.task_id], f"approval {why}", f"operator {a.by}"))
             progress.update(
                 bar, completed=len(waiting) - len(pending), failed=len(denied), running=len(pending)
             )
@@ -362,8 +385,7 @@ class Coordinator:
             if time.monotonic() >= deadline:
                 for tid in self.approvals.expire(self.cid, sorted(pending), self.opts.approval_timeout_s):
                     why = f"no decision within {self.opts.approval_timeout_s:g} s"
-                    self._move(tid, TaskStatus.DENIED, f"approval timed out: {why}")
-                    denied.append((by_id[tid], f"approval timed out: {why}"))
+                    denied.append((by_id[tid], f"approval timed out: {why}", "coordinator"))
                     pending.discard(tid)
                 continue  # a decision that raced the timeout is read on the next pass
             time.sleep(0.25)
@@ -477,10 +499,17 @@ class Coordinator:
         return None
 
     def _closed(
-        self, pt: PlannedTask, status: TaskStatus, error_type: str, reason: str, *, mode: Mode | None = None
+        self,
+        pt: PlannedTask,
+        status: TaskStatus,
+        error_type: str,
+        reason: str,
+        *,
+        mode: Mode | None = None,
+        by: str = "coordinator",
     ) -> Outcome:
         """An outcome the coordinator decides without dispatching (skipped, denied)."""
-        self._move(pt.task.task_id, status, reason)
+        self._move(pt.task.task_id, status, reason, by=by)
         now = utcnow()
         return Outcome(
             task_id=pt.task.task_id,
@@ -579,7 +608,15 @@ class Coordinator:
         )
         self.out.write_json(OutputWriter.SUMMARY, summary)
         failed = [o for o in self.outcomes.values() if o.status is not TaskStatus.SUCCEEDED]
-        self.out.write_text(OutputWriter.REPORT, render_report(summary, self.plan, failed))
+        self._flush_transitions()
+        context = ReportContext(
+            escalation=self.opts.escalation,
+            max_fail_percentage=self.opts.max_fail_percentage,
+            max_failures=self.opts.max_failures,
+            approvals=self.approvals.get(self.cid),
+            rollbacks=self.rollbacks,
+        )
+        self.out.write_text(OutputWriter.REPORT, render_report(summary, self.plan, failed, context))
         self.store.update_campaign(self.cid, status=status, ended_at=end.isoformat(), exit_code=exit_code)
         self.store.event(self.cid, "campaign_finished", status=status, exit_code=exit_code)
         return summary

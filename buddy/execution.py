@@ -22,8 +22,11 @@ For each task of a batch, in order:
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -38,7 +41,8 @@ from buddy.errors import (
     ToolError,
     ToolTimeoutError,
 )
-from buddy.models import AttemptError, Mode, Outcome, TaskSpec, TaskStatus, utcnow
+from buddy.lifecycle import Transition, transition
+from buddy.models import AttemptError, Mode, Outcome, RollbackEvent, TaskSpec, TaskStatus, utcnow
 from buddy.state import Claim, Store
 from buddy.tools.contract import ToolContext, ToolContract
 from buddy.tools.registry import ToolRegistry
@@ -70,6 +74,9 @@ class _Run:
     contract: ToolContract | None = None
     args: Any = None
     effectful: bool = False
+    state: TaskStatus = TaskStatus.QUEUED
+    transitions: list[Transition] = field(default_factory=list)
+    outcome: Outcome | None = None
 
 
 class Executor:
@@ -106,6 +113,7 @@ class Executor:
         pending: list[Outcome] = []
         claimed: set[str] = set()
         runs: list[_Run] = []
+        prepared_fail: list[_Run] = []
         early: dict[str, Claim] = {}
 
         for spec in specs:
@@ -113,8 +121,9 @@ class Executor:
                 res.done.append((spec.task_id, existing[spec.task_id].status.value))
                 continue
             run = self._prepare(campaign_id, wave, agent_id, spec, claims.get(spec.task_id), lock)
-            if isinstance(run, Outcome):
-                pending.append(run)
+            if run.outcome is not None:
+                pending.append(run.outcome)
+                prepared_fail.append(run)
                 continue
             runs.append(run)
             if not run.effectful or (
@@ -127,6 +136,8 @@ class Executor:
         claimed.update(early)
         self.store.add_in_flight(agent_id, len(runs))
         retry_claims: dict[str, Claim] = {}
+        retry_transitions: list[Transition] = []
+        flushed_runs: list[_Run] = [r for r in prepared_fail]
         try:
             for run in runs:
                 tid = run.spec.task_id
@@ -135,21 +146,31 @@ class Executor:
                         campaign_id, wave, {tid: self._claim(run, delivery)}, self.claim_ttl_s
                     )
                     claimed.add(tid)
+                if run.state is not TaskStatus.RUNNING:
+                    self._move(run, TaskStatus.RUNNING, f"attempt {run.attempt} on {self.worker}")
                 outcome, retry_after = self._execute(run)
                 if outcome is None:
                     claim = self._claim(run, delivery)
                     claim.state = "retry_wait"
                     claim.errors = [e.model_dump(mode="json") for e in run.errors]
                     retry_claims[tid] = claim
+                    last = run.errors[-1]
+                    self._move(
+                        run, TaskStatus.QUEUED, f"retry in {retry_after:.2f} s after {last.error_type}"
+                    )
+                    retry_transitions.extend(run.transitions)
                     res.retry.append(run.spec)
                     res.retry_delay_s = max(res.retry_delay_s, retry_after)
                     continue
                 pending.append(outcome)
+                flushed_runs.append(run)
                 if run.effectful and run.contract and not run.contract.is_idempotent(run.args):
-                    self._flush(pending, claimed, res)
+                    self._flush(pending, flushed_runs, claimed, res)
         finally:
-            self._flush(pending, claimed, res)
-            self.store.set_retry_claims(campaign_id, wave, retry_claims, self.claim_ttl_s)
+            self._flush(pending, flushed_runs, claimed, res)
+            self.store.set_retry_claims(
+                campaign_id, wave, retry_claims, self.claim_ttl_s, transitions=retry_transitions
+            )
             self.store.add_in_flight(agent_id, -len(runs))
         return res
 
@@ -157,7 +178,8 @@ class Executor:
 
     def _prepare(
         self, cid: str, wave: int, agent_id: str, spec: TaskSpec, claim: Claim | None, lock: str | None
-    ) -> _Run | Outcome:
+    ) -> _Run:
+        """The run of ``spec``; ``run.outcome`` is set when the task ends here without running."""
         errors: list[AttemptError] = []
         if lock and spec.mode is not Mode.MOCK:
             spec = spec.model_copy(update={"mode": Mode.MOCK, "mode_reason": f"system locked: {lock}"})
@@ -167,12 +189,14 @@ class Executor:
             run.args = run.contract.parse_args(spec.args)
         except (BuddyError, ValidationError) as e:
             etype = "UnknownTool" if run.contract is None else "InvalidArgs"
-            return self._outcome(run, TaskStatus.FAILED, error=(etype, str(e)))
+            run.outcome = self._outcome(run, TaskStatus.FAILED, error=(etype, str(e)))
+            return run
         run.effectful = spec.mode is Mode.LIVE
         if claim is not None:
             errors.extend(AttemptError.model_validate(e) for e in claim.errors)
             run.attempt = claim.attempt + 1
             if claim.state == "running":
+                run.state = TaskStatus.RUNNING
                 died = AttemptError(
                     attempt=claim.attempt,
                     error_type="WorkerLost",
@@ -184,7 +208,7 @@ class Executor:
                 if not safe and run.contract.reversible:
                     safe = self._rollback_orphan(spec, run.contract, run.args)
                 if not safe:
-                    return self._outcome(
+                    run.outcome = self._outcome(
                         run,
                         TaskStatus.NEEDS_REVIEW,
                         error=(
@@ -201,10 +225,17 @@ class Executor:
     def _claim(self, run: _Run, delivery: str) -> Claim:
         return Claim(worker=self.worker, attempt=run.attempt, started_at=self.clock(), delivery=delivery)
 
+    def _move(self, run: _Run, to: TaskStatus, reason: str | None = None) -> None:
+        run.transitions.append(
+            transition(run.cid, run.spec.task_id, run.state, to, by=f"worker {self.worker}", reason=reason)
+        )
+        run.state = to
+
     def _execute(self, run: _Run) -> tuple[Outcome | None, float]:
         """Run one attempt. Returns (outcome, 0) when final, (None, delay_s) to retry."""
         spec, contract, cid = run.spec, run.contract, run.cid
         assert contract is not None
+        timeout_s = contract.timeout_for(run.args)
         ctx = ToolContext(
             campaign_id=cid,
             task_id=spec.task_id,
@@ -212,10 +243,11 @@ class Executor:
             workdir=Path(spec.workdir),
             mode=spec.mode,
             worker=self.worker,
-            deadline=time.monotonic() + contract.timeout_s,
+            deadline=time.monotonic() + timeout_s,
         )
         if run.effectful and contract.reversible:
-            ctx.on_undo = lambda data: self.store.save_undo(cid, spec.task_id, data)
+            record = {"tool": spec.tool, "args": spec.args, "workdir": spec.workdir, "agent_id": run.agent_id}
+            ctx.on_undo = lambda data: self.store.save_undo(cid, spec.task_id, {**record, "undo": data})
         start = utcnow()
         t0 = time.perf_counter()
         try:
@@ -224,17 +256,15 @@ class Executor:
             elif spec.mode is Mode.DRY_RUN:
                 result = contract.preview(run.args, ctx)
             else:
-                result = contract.execute(run.args, ctx)
+                with hard_timeout(timeout_s + HARD_TIMEOUT_GRACE_S, contract.name):
+                    result = contract.execute(run.args, ctx)
         except ToolError as e:
             return self._failed(run, ctx, e, start, t0)
         except Exception as e:  # a tool's bug is the task's failure, not the worker's
             log.exception("tool %s raised an unexpected error in task %s", spec.tool, spec.task_id)
             wrapped = ToolError(f"{type(e).__name__}: {e}", error_type=type(e).__name__)
             return self._failed(run, ctx, wrapped, start, t0)
-        return (
-            self._outcome(run, TaskStatus.SUCCEEDED, start=start, t0=t0, result=result),
-            0.0,
-        )
+        return self._outcome(run, TaskStatus.SUCCEEDED, start=start, t0=t0, result=result), 0.0
 
     def _failed(
         self, run: _Run, ctx: ToolContext, e: ToolError, start: datetime, t0: float
@@ -266,7 +296,10 @@ class Executor:
             if contract.retry.should_retry(run.attempt, e.error_type, isinstance(e, RetryableToolError)):
                 return None, contract.retry.delay_s(run.attempt)
         outcome = self._outcome(run, status, start=start, t0=t0, error=(e.error_type, str(e)))
-        outcome.rolled_back = rolled_back
+        if rolled_back:
+            self._move(run, TaskStatus.ROLLED_BACK, "the partial effect was undone")
+            outcome.status = TaskStatus.ROLLED_BACK
+            outcome.rolled_back = True
         return outcome, 0.0
 
     def _outcome(
@@ -281,6 +314,7 @@ class Executor:
     ) -> Outcome:
         spec = run.spec
         end = utcnow()
+        self._move(run, status, f"{error[0]}: {error[1][:200]}" if error else spec.mode_reason)
         return Outcome(
             task_id=spec.task_id,
             campaign_id=run.cid,
@@ -301,10 +335,95 @@ class Executor:
             errors=list(run.errors),
         )
 
-    def _flush(self, pending: list[Outcome], claimed: set[str], res: BatchResult) -> None:
+    def _flush(self, pending: list[Outcome], runs: list[_Run], claimed: set[str], res: BatchResult) -> None:
         if not pending:
             return
         n_claimed = sum(1 for o in pending if o.task_id in claimed)
-        self.store.record_outcomes(pending, running_delta=-n_claimed)
+        transitions = [t for r in runs for t in r.transitions]
+        self.store.record_outcomes(pending, running_delta=-n_claimed, transitions=transitions)
         res.done.extend((o.task_id, o.status.value) for o in pending)
         pending.clear()
+        runs.clear()
+
+    # -- compensation ------------------------------------------------------------------------
+
+    def compensate(self, campaign_id: str, task_id: str) -> RollbackEvent:
+        """Undo the effect of a succeeded reversible task (``--rollback-on-abort``, ``buddy rollback``).
+
+        Uses the undo data the tool recorded before its effect (``buddy:campaign:<cid>:undo``).
+        On success the outcome becomes ``rolled_back``; the event is pushed to the campaign's
+        rollback list either way. Never raises for a tool's failure: the event says it.
+        """
+        outcome = self.store.outcomes(campaign_id, [task_id]).get(task_id)
+        record = self.store.undo_data(campaign_id, [task_id]).get(task_id)
+        event = RollbackEvent(
+            campaign_id=campaign_id,
+            task_id=task_id,
+            tool=outcome.tool if outcome else None,
+            agent_id=outcome.agent_id if outcome else None,
+            wave=outcome.wave if outcome else None,
+            status="skipped",
+            at=utcnow(),
+            worker=self.worker,
+        )
+        if outcome is None or outcome.status is not TaskStatus.SUCCEEDED:
+            event.reason = f"outcome is {outcome.status.value if outcome else 'missing'}, not succeeded"
+        elif record is None:
+            event.reason = "no undo data was recorded (not a live reversible effect)"
+        else:
+            try:
+                contract = self.registry.get(record["tool"])
+                args = contract.parse_args(record["args"])
+                if contract.rollback is None:
+                    raise ToolError(f"{contract.name} has no rollback", error_type="NotReversible")
+                ctx = ToolContext(
+                    campaign_id=campaign_id,
+                    task_id=task_id,
+                    workdir=Path(record.get("workdir") or "."),
+                    worker=self.worker,
+                    undo=record["undo"],
+                )
+                contract.rollback(args, record["undo"], ctx)
+            except Exception as e:
+                log.exception("compensation of task %s failed", task_id)
+                event.status, event.error = "failed", f"{type(e).__name__}: {e}"
+            else:
+                event.status = "rolled_back"
+                outcome.status = TaskStatus.ROLLED_BACK
+                outcome.rolled_back = True
+                move = transition(
+                    campaign_id, task_id, TaskStatus.SUCCEEDED, TaskStatus.ROLLED_BACK,
+                    by=f"worker {self.worker}", reason="compensated after an abort",
+                )  # fmt: skip
+                self.store.replace_outcome(outcome, move)
+        self.store.push_rollback_event(event)
+        return event
+
+
+#: Seconds past a tool's timeout before the worker's alarm stops it (the tool's own timeout,
+#: e.g. ``subprocess`` for ``shell``, gets the first chance to end it cleanly).
+HARD_TIMEOUT_GRACE_S = 1.0
+
+
+@contextmanager
+def hard_timeout(seconds: float, what: str) -> Iterator[None]:
+    """Stop the enclosed call with :class:`ToolTimeoutError` after ``seconds`` (SIGALRM).
+
+    Works where Celery runs tasks in a process's main thread (the ``prefork`` and ``solo``
+    pools); in the ``threads`` pool it does nothing and a tool relies on its own timeout and
+    ``ctx.deadline``, as Celery's own time limits do (they need prefork too).
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise ToolTimeoutError(f"{what} ran past its timeout and was stopped after {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

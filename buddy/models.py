@@ -215,6 +215,26 @@ class Outcome(BaseModel):
     fencing_token: int | None = None
 
 
+class RollbackEvent(BaseModel):
+    """One line of ``rollback_events.jsonl``: one compensation of a task's effect.
+
+    ``status``: ``rolled_back`` (undone), ``failed`` (the rollback raised: ``error``),
+    ``skipped`` (nothing to undo: ``reason``) or ``not_reversible`` (the tool cannot be
+    compensated; listed in the report).
+    """
+
+    campaign_id: str
+    task_id: str
+    tool: str | None
+    agent_id: str | None
+    wave: int | None
+    status: Literal["rolled_back", "failed", "skipped", "not_reversible"]
+    at: datetime
+    worker: str | None = None
+    reason: str | None = None
+    error: str | None = None
+
+
 class ToolExecutionLogEntry(BaseModel):
     """One line of ``tool_execution_log.jsonl``: one attempt of one tool call."""
 

@@ -6,8 +6,11 @@ succeed (at most 50, with their errors), and what the exit code means.
 
 from __future__ import annotations
 
-from buddy.models import ExecutionSummary, Outcome, TaskStatus
+from dataclasses import dataclass, field
+
+from buddy.models import ExecutionSummary, Outcome, RollbackEvent, TaskStatus
 from buddy.plan import CampaignPlan
+from buddy.safety import Approval, EscalationPolicy
 
 MAX_LISTED = 50
 
@@ -17,6 +20,17 @@ _EXIT_MEANING = {
     3: "the campaign was aborted",
     130: "the campaign was interrupted",
 }
+
+
+@dataclass
+class ReportContext:
+    """What the report says beyond the summary: safety settings, approvals, compensations."""
+
+    escalation: EscalationPolicy = field(default_factory=EscalationPolicy)
+    max_fail_percentage: float | None = None
+    max_failures: int | None = None
+    approvals: list[Approval] = field(default_factory=list)
+    rollbacks: list[RollbackEvent] = field(default_factory=list)
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -32,8 +46,14 @@ def _other(by_status: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(rest.items())) or "–"
 
 
-def render_report(summary: ExecutionSummary, plan: CampaignPlan, not_succeeded: list[Outcome]) -> str:
+def render_report(
+    summary: ExecutionSummary,
+    plan: CampaignPlan,
+    not_succeeded: list[Outcome],
+    context: ReportContext | None = None,
+) -> str:
     """The Markdown report of a finished (or aborted) campaign."""
+    ctx = context or ReportContext()
     c = summary.counts
     out = [
         f"# Campaign {summary.campaign_id}",
@@ -53,6 +73,10 @@ def render_report(summary: ExecutionSummary, plan: CampaignPlan, not_succeeded: 
         f"- outcomes: {c.total} of {len(plan.tasks)}; succeeded {c.succeeded}, "
         f"failed {c.by_status.get('failed', 0)}, other: {_other(c.by_status)}",
         f"- started {summary.start_time.isoformat()}, wall time {summary.wall_s:.2f} s",
+        "",
+        "## Safety",
+        "",
+        _safety(ctx),
         "",
         "## Waves",
         "",
@@ -111,5 +135,51 @@ def render_report(summary: ExecutionSummary, plan: CampaignPlan, not_succeeded: 
         out.append(_table(["task", "wave", "agent", "status", "error type", "error"], rows))
         if len(not_succeeded) > MAX_LISTED:
             out.append(f"\n… and {len(not_succeeded) - MAX_LISTED} more (see `executed_tasks.jsonl`).")
+    if ctx.rollbacks:
+        out += ["", "## Rollback", ""]
+        out.append(
+            _table(
+                ["task", "wave", "agent", "status", "detail"],
+                [
+                    [
+                        f"`{e.task_id}`",
+                        str(e.wave or "–"),
+                        e.agent_id or "–",
+                        e.status,
+                        e.error or e.reason or "–",
+                    ]
+                    for e in ctx.rollbacks
+                ],
+            )
+        )
+        stays = [e.task_id for e in ctx.rollbacks if e.status in ("not_reversible", "failed")]
+        if stays:
+            listed = ", ".join(f"`{t}`" for t in stays)
+            out.append(f"\nNot compensated (their effects stay; check them by hand): {listed}")
     out.append("")
     return "\n".join(out)
+
+
+def _safety(ctx: ReportContext) -> str:
+    e = ctx.escalation
+    critical = f"{e.critical:.2f}" if e.allow_critical else "never (no --allow-critical)"
+    mfp = f"{ctx.max_fail_percentage:g}%" if ctx.max_fail_percentage is not None else "off"
+    lines = [
+        f"- live thresholds (minimum confidence): LOW {e.low:.2f}, MEDIUM {e.medium:.2f}, HIGH {e.high:.2f}, "
+        f"CRITICAL {critical}",
+        f"- auto-approve: **{e.auto_approve}** (requests up to this risk were approved without an operator)"
+        if e.auto_approve
+        else "- auto-approve: off (every HIGH/CRITICAL live task needed an operator)",
+        f"- failure thresholds: max_fail_percentage {mfp}, "
+        f"max_failures {ctx.max_failures if ctx.max_failures is not None else 'off'}",
+    ]
+    if ctx.approvals:
+        counts: dict[str, int] = {}
+        for a in ctx.approvals:
+            key = "auto-approved" if a.by == "auto-approve" else a.status
+            counts[key] = counts.get(key, 0) + 1
+        lines.append("- approvals: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        denied = [a for a in ctx.approvals if a.status == "denied"]
+        for a in denied[:MAX_LISTED]:
+            lines.append(f"  - `{a.task_id}` denied by {a.by}: {a.reason or '–'}")
+    return "\n".join(lines)

@@ -210,7 +210,7 @@ class Approvals:
             if not raw:
                 continue
             d: dict[str, Any] = {_s(k) or "": _s(v) for k, v in raw.items()}
-            out.append(Approval(campaign_id=cid, task_id=t, **{k: v or None for k, v in d.items()}))
+            out.append(Approval(campaign_id=cid, task_id=t, **{k: v for k, v in d.items() if v}))
         return sorted(out, key=lambda a: (a.wave, a.task_id))
 
     def campaigns(self, limit: int = 20) -> list[str]:
@@ -242,4 +242,3 @@ class Approvals:
             if outcome == "decided":
                 denied.append(t)
         return denied
-

@@ -12,7 +12,12 @@ Keys beyond DESIGN.md's table:
 - ``buddy:campaign:<cid>:wave:<n>:done`` (list): ``wave_complete`` pushes the wave summary
   here; the coordinator waits on it with BLPOP instead of polling results.
 - ``buddy:campaigns`` (sorted set): campaign id → creation time.
-- ``buddy:campaign:<cid>:undo`` (hash): task id → JSON undo data of reversible tools.
+- ``buddy:campaign:<cid>:undo`` (hash): task id → JSON undo record of a reversible tool's live
+  effect (``tool``, ``args``, ``workdir``, ``agent_id`` and the tool's ``undo`` data), written
+  before the effect.
+- ``buddy:campaign:<cid>:transitions`` (list): workers' state transitions, drained by the
+  coordinator into ``state_transitions.jsonl``.
+- ``buddy:campaign:<cid>:rollbacks`` (list): compensation records (``rollback_events.jsonl``).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import redis
 from pydantic import BaseModel, Field
 
 from buddy.lifecycle import Transition
-from buddy.models import Outcome, TaskStatus, WaveSummary, utcnow
+from buddy.models import Outcome, RollbackEvent, TaskStatus, WaveSummary, utcnow
 
 PREFIX = "buddy:"
 
@@ -61,6 +66,10 @@ class Keys:
     @staticmethod
     def claim(cid: str, task_id: str) -> str:
         return f"{PREFIX}campaign:{cid}:claim:{task_id}"
+
+    @staticmethod
+    def rollbacks(cid: str) -> str:
+        return f"{PREFIX}campaign:{cid}:rollbacks"
 
     @staticmethod
     def transitions(cid: str) -> str:
@@ -237,11 +246,20 @@ class Store:
         pipe.hincrby(self.keys.wave(cid, wave), "running", len(claims))
         pipe.execute()
 
-    def set_retry_claims(self, cid: str, wave: int, claims: Mapping[str, Claim], ttl_s: int) -> None:
+    def set_retry_claims(
+        self,
+        cid: str,
+        wave: int,
+        claims: Mapping[str, Claim],
+        ttl_s: int,
+        *,
+        transitions: list[Transition] | None = None,
+    ) -> None:
         """Mark claims ``retry_wait`` (a Celery retry is scheduled) and count them as retrying."""
         if not claims:
             return
         pipe = self.r.pipeline(transaction=False)
+        self.push_transitions(cid, transitions or [], pipe)
         for tid, claim in claims.items():
             pipe.set(self.keys.claim(cid, tid), claim.model_dump_json(), ex=ttl_s)
         pipe.hincrby(self.keys.wave(cid, wave), "running", -len(claims))
@@ -253,9 +271,11 @@ class Store:
         outcomes: list[Outcome],
         *,
         running_delta: int = 0,
+        transitions: list[Transition] | None = None,
     ) -> None:
-        """One round trip: outcomes into the hash, wave and agent counters, and one ``outcomes``
-        event listing ``[task_id, status, agent_id, wave]`` per outcome.
+        """One round trip: outcomes into the hash, wave and agent counters, the tasks' state
+        transitions, and one ``outcomes`` event listing ``[task_id, status, agent_id, wave]``
+        per outcome.
 
         ``running_delta`` adjusts the wave's ``running`` counter (claims that end here).
         """
@@ -263,6 +283,7 @@ class Store:
             return
         pipe = self.r.pipeline(transaction=False)
         cid = outcomes[0].campaign_id
+        self.push_transitions(cid, transitions or [], pipe)
         pipe.hset(self.keys.outcomes(cid), mapping={o.task_id: o.model_dump_json() for o in outcomes})
         per_wave: dict[int, dict[str, int]] = {}
         per_agent: dict[str, dict[str, int]] = {}
@@ -296,9 +317,31 @@ class Store:
         )
         pipe.execute()
 
-    def undo_data(self, cid: str) -> dict[str, dict[str, Any]]:
-        raw = self.r.hgetall(self.keys.undo(cid))
-        return {_s(k) or "": json.loads(v) for k, v in raw.items()}
+    def undo_data(self, cid: str, task_ids: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Undo records by task id (all of the campaign's when ``task_ids`` is None)."""
+        if task_ids is None:
+            raw = self.r.hgetall(self.keys.undo(cid))
+            return {_s(k) or "": json.loads(v) for k, v in raw.items()}
+        ids = list(task_ids)
+        vals = self.r.hmget(self.keys.undo(cid), ids) if ids else []
+        return {t: json.loads(v) for t, v in zip(ids, vals, strict=True) if v is not None}
+
+    def replace_outcome(self, outcome: Outcome, move: Transition) -> None:
+        """Overwrite a final outcome (a compensation turned it ``rolled_back``) with its transition."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(self.keys.outcomes(outcome.campaign_id), outcome.task_id, outcome.model_dump_json())
+        self.push_transitions(outcome.campaign_id, [move], pipe)
+        pipe.execute()
+
+    def push_rollback_event(self, event: RollbackEvent) -> None:
+        """Append a compensation's record to ``buddy:campaign:<cid>:rollbacks`` (RPUSH)."""
+        self.r.rpush(self.keys.rollbacks(event.campaign_id), event.model_dump_json())
+
+    def rollback_events(self, cid: str, start: int = 0) -> list[RollbackEvent]:
+        """Compensation records of ``cid`` from index ``start`` on (LRANGE)."""
+        return [
+            RollbackEvent.model_validate_json(x) for x in self.r.lrange(self.keys.rollbacks(cid), start, -1)
+        ]
 
     # -- events --------------------------------------------------------------------------
 

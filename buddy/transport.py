@@ -31,6 +31,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 EXECUTE_TASK = "buddy.execute_batch"
 WAVE_COMPLETE_TASK = "buddy.wave_complete"
+ROLLBACK_TASK = "buddy.rollback"
 
 
 def celery_url(url: str) -> str:

@@ -19,7 +19,7 @@ from buddy.models import TaskSpec
 from buddy.monitor import summarize_wave
 from buddy.state import Store
 from buddy.tools.registry import default_registry
-from buddy.transport import DEFAULT_REDIS_URL, EXECUTE_TASK, WAVE_COMPLETE_TASK, redis_client
+from buddy.transport import DEFAULT_REDIS_URL, EXECUTE_TASK, ROLLBACK_TASK, WAVE_COMPLETE_TASK, redis_client
 from workers.app import app
 
 
@@ -88,3 +88,10 @@ def wave_complete(results: list[list[list[str]]], campaign_id: str, wave: int) -
     summary = summarize_wave(campaign_id, wave, st.outcomes(campaign_id, ids).values())
     st.finish_wave(campaign_id, summary)
     return {"wave": wave, "total": summary.counts.total, "by_status": summary.counts.by_status}
+
+
+@app.task(name=ROLLBACK_TASK, bind=True, acks_late=True)
+def rollback(self: Task, campaign_id: str, task_id: str) -> dict[str, Any]:
+    """Compensate one succeeded reversible task (a link of the rollback chain)."""
+    event = executor(self.request.hostname or "worker").compensate(campaign_id, task_id)
+    return event.model_dump(mode="json")

@@ -41,6 +41,7 @@ _OPTIONS = {
     "risk_of",
     "idempotent_of",
     "expected_duration",
+    "timeout_of",
     "registry",
 }
 
@@ -57,7 +58,7 @@ def tool(
     ``args`` and ``result`` are the pydantic argument and result models. ``options`` are the
     other :class:`ToolContract` fields (``risk``, ``reversible``, ``rollback``, ``idempotent``,
     ``exclusive``, ``timeout_s``, ``retry``, ``resources``, ``mock``, ``dry_run``, ``risk_of``,
-    ``idempotent_of``, ``expected_duration``, ``description``) plus ``registry`` (default: the
+    ``idempotent_of``, ``expected_duration``, ``timeout_of``, ``description``) plus ``registry`` (default: the
     process registry). The description defaults to the function's docstring's first line.
 
     Raises :class:`ContractError` for an unknown option or a contract that does not hold

@@ -117,7 +117,9 @@ class ToolContract:
     ``dry_run(args, ctx)`` returns a JSON-able preview of the effect without making it.
     ``risk_of`` / ``idempotent_of`` refine ``risk`` / ``idempotent`` from the arguments
     (``http.request`` GET is LOW and idempotent, POST is MEDIUM and not).
-    ``expected_duration(args)`` gives seconds when known (used by ``load_balanced``).
+    ``expected_duration(args)`` gives seconds when known (used by ``load_balanced``);
+    ``timeout_of(args)`` gives the call's timeout in seconds when the arguments set one
+    (``shell``'s ``timeout_s``), else ``timeout_s`` applies.
     """
 
     name: str
@@ -138,6 +140,7 @@ class ToolContract:
     risk_of: Callable[[Any], Risk] | None = None
     idempotent_of: Callable[[Any], bool] | None = None
     expected_duration: Callable[[Any], float | None] | None = None
+    timeout_of: Callable[[Any], float] | None = None
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> ContractError:
@@ -191,6 +194,10 @@ class ToolContract:
 
     def claims(self, args: BaseModel, workdir: Path) -> list[ResourceClaim]:
         return list(self.resources(args, workdir))
+
+    def timeout_for(self, args: BaseModel) -> float:
+        """The call's timeout in seconds: ``timeout_of(args)`` when given, else ``timeout_s``."""
+        return float(self.timeout_of(args)) if self.timeout_of else float(self.timeout_s)
 
     def expected_duration_s(self, args: BaseModel) -> float | None:
         return self.expected_duration(args) if self.expected_duration else None

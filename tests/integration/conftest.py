@@ -6,12 +6,17 @@ in it. Campaign ids keep the tests apart.
 
 from __future__ import annotations
 
+import http.server
 import os
 import subprocess
 import sys
+import sysconfig
+import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +27,7 @@ from buddy.redis_server import EmbeddedRedis
 from buddy.state import Store
 from buddy.transport import redis_client
 
+JSON_PKG = Path(sysconfig.get_paths()["stdlib"]) / "json"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 pytestmark = pytest.mark.integration
 
@@ -67,7 +73,9 @@ def fleet(fleet_redis: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) 
         f.stop()
 
 
-def buddy(*args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def buddy(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the ``buddy`` CLI in a subprocess; returns the finished process (text output)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BUDDY_")}
     full_env.update(env or {})
@@ -79,3 +87,22 @@ def buddy(*args: str, env: dict[str, str] | None = None, timeout: float = 120, c
         env=full_env,
         cwd=cwd,
     )
+
+
+@pytest.fixture
+def http_server() -> Iterator[tuple[str, list[str]]]:
+    """A local http.server serving the stdlib json package; yields (base url, request log)."""
+    log: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            log.append(self.requestline)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(JSON_PKG)))
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", log
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
 import sysconfig
-import threading
 import time
-from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,25 +44,6 @@ def executed(out: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
-@pytest.fixture
-def http_server() -> Iterator[tuple[str, list[str]]]:
-    """A local http.server serving the stdlib json package; yields (base url, request log)."""
-    log: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            log.append(self.requestline)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(JSON_PKG)))
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", log
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_three_wave_campaign_writes_every_output(
     fleet: LocalFleet, fleet_redis: EmbeddedRedis, tmp_path: Path, http_server: tuple[str, list[str]]
 ) -> None:
@@ -80,7 +57,13 @@ def test_three_wave_campaign_writes_every_output(
                                         str(f)]}})  # fmt: skip
         lines.append({"task_id": f"get:{f.name}", "tool": "http.request", "wave": 2,
                       "args": {"url": f"{base}/{f.name}"}})  # fmt: skip
-    lines.append({"task_id": "dumps", "tool": "python.call", "args": {"target": "json:dumps", "kwargs": {"obj": [1, 2]}}})
+    lines.append(
+        {
+            "task_id": "dumps",
+            "tool": "python.call",
+            "args": {"target": "json:dumps", "kwargs": {"obj": [1, 2]}},
+        }
+    )
     everything = [x["task_id"] for x in lines]
     manifest = tmp_path / "manifest.txt"
     lines.append({"task_id": "manifest", "tool": "file.write", "depends_on": everything,
@@ -107,7 +90,9 @@ def test_three_wave_campaign_writes_every_output(
         assert row["mode"] == "live" and row["attempts"] == 1
     # assignments and executions agree, per wave and agent folder
     for d in out.glob("wave_*/agent_*"):
-        assigned = [json.loads(x)["task_id"] for x in (d / "agent_assignments.jsonl").read_text().splitlines()]
+        assigned = [
+            json.loads(x)["task_id"] for x in (d / "agent_assignments.jsonl").read_text().splitlines()
+        ]
         ran = [json.loads(x)["task_id"] for x in (d / "executed_tasks.jsonl").read_text().splitlines()]
         assert sorted(assigned) == sorted(ran)
         wave, agent = int(d.parent.name[5:]), d.name[6:]
@@ -116,7 +101,10 @@ def test_three_wave_campaign_writes_every_output(
     # real results
     for f in JSON_FILES:
         data = f.read_bytes()
-        assert rows[f"hash:{f.name}"]["result"] == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        assert rows[f"hash:{f.name}"]["result"] == {
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": len(data),
+        }
         assert rows[f"check:{f.name}"]["result"]["returncode"] == 0
         got = rows[f"get:{f.name}"]["result"]
         assert got["status"] == 200 and got["body"] == data.decode()
@@ -128,7 +116,9 @@ def test_three_wave_campaign_writes_every_output(
     # summary, tool log, report, campaign
     summary = json.loads((out / "execution_summary.json").read_text())
     assert summary["status"] == "succeeded" and summary["exit_code"] == 0
-    assert summary["counts"]["total"] == len(rows) and summary["counts"]["by_status"] == {"succeeded": len(rows)}
+    assert summary["counts"]["total"] == len(rows) and summary["counts"]["by_status"] == {
+        "succeeded": len(rows)
+    }
     assert [w["wave"] for w in summary["waves"]] == [1, 2, 3]
     log = [json.loads(x) for x in (out / "tool_execution_log.jsonl").read_text().splitlines()]
     assert sorted(x["task_id"] for x in log) == sorted(rows)
@@ -145,7 +135,11 @@ def test_failures_are_outcomes_and_dependents_are_skipped(
         tmp_path / "plan.jsonl",
         [
             {"task_id": "flaky", "tool": "flaky", "args": {"fail_first": 1}},
-            {"task_id": "bad", "tool": "shell", "args": {"argv": [sys.executable, "-c", "raise SystemExit(3)"]}},
+            {
+                "task_id": "bad",
+                "tool": "shell",
+                "args": {"argv": [sys.executable, "-c", "raise SystemExit(3)"]},
+            },
             {"task_id": "denied", "tool": "shell", "args": {"argv": ["/bin/echo", "nope"]}},
             {"task_id": "after-bad", "tool": "noop", "depends_on": ["bad"]},
             {"task_id": "cleanup", "tool": "noop", "depends_on": ["bad"], "trigger_rule": "all_done"},
@@ -166,7 +160,10 @@ def test_failures_are_outcomes_and_dependents_are_skipped(
     assert rows["cleanup"]["status"] == "succeeded"
     assert rows["after-flaky"]["status"] == "succeeded"
     log = [json.loads(x) for x in (out / "tool_execution_log.jsonl").read_text().splitlines()]
-    assert [(x["attempt"], x["status"]) for x in log if x["task_id"] == "flaky"] == [(1, "failed"), (2, "succeeded")]
+    assert [(x["attempt"], x["status"]) for x in log if x["task_id"] == "flaky"] == [
+        (1, "failed"),
+        (2, "succeeded"),
+    ]
     assert not [x for x in log if x["task_id"] == "after-bad"]  # never ran
     summary = json.loads((out / "execution_summary.json").read_text())
     assert summary["status"] == "finished_with_failures" and summary["exit_code"] == 1
@@ -179,7 +176,11 @@ def test_mock_mode_changes_nothing(fleet: LocalFleet, fleet_redis: EmbeddedRedis
     plan = write_plan(
         tmp_path / "plan.jsonl",
         [
-            {"task_id": "w", "tool": "file.write", "args": {"path": str(tmp_path / "new.txt"), "content": "x"}},
+            {
+                "task_id": "w",
+                "tool": "file.write",
+                "args": {"path": str(tmp_path / "new.txt"), "content": "x"},
+            },
             {"task_id": "a", "tool": "file.append", "args": {"path": str(victim), "line": "more"}},
             {"task_id": "d", "tool": "file.delete", "args": {"path": str(victim)}},
         ],
@@ -192,7 +193,9 @@ def test_mock_mode_changes_nothing(fleet: LocalFleet, fleet_redis: EmbeddedRedis
     assert {r["mode"] for r in executed(out).values()} == {"mock"}
 
 
-def test_worker_serves_only_its_agent_queue(fleet_redis: EmbeddedRedis, fleet: LocalFleet, tmp_path: Path) -> None:
+def test_worker_serves_only_its_agent_queue(
+    fleet_redis: EmbeddedRedis, fleet: LocalFleet, tmp_path: Path
+) -> None:
     solo = LocalFleet(fleet_redis.url, [AgentSpec(id="solo")], log_dir=tmp_path / "logs")
     solo.start()
     try:
@@ -214,7 +217,9 @@ def test_worker_serves_only_its_agent_queue(fleet_redis: EmbeddedRedis, fleet: L
         solo.stop()
 
 
-def test_agent_without_worker_is_reported_not_hung(fleet: LocalFleet, fleet_redis: EmbeddedRedis, tmp_path: Path) -> None:
+def test_agent_without_worker_is_reported_not_hung(
+    fleet: LocalFleet, fleet_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
     plan = write_plan(tmp_path / "plan.jsonl", [{"task_id": "t", "tool": "noop", "agent": "ghost"}])
     out = tmp_path / "out"
     t0 = time.monotonic()
@@ -254,7 +259,10 @@ def _processes_mentioning(marker: str) -> list[str]:
 
 @pytest.mark.parametrize("interrupt", [False, True], ids=["completes", "ctrl-c"])
 def test_embedded_run_leaves_no_process_behind(tmp_path: Path, interrupt: bool) -> None:
-    lines = [{"task_id": f"t{i}", "tool": "sleep", "args": {"seconds": 0.2 if not interrupt else 2}} for i in range(6)]
+    lines = [
+        {"task_id": f"t{i}", "tool": "sleep", "args": {"seconds": 0.2 if not interrupt else 2}}
+        for i in range(6)
+    ]
     plan = write_plan(tmp_path / "plan.jsonl", lines)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUDDY_")}
     redis_before = set(_processes_mentioning("buddy-redis-"))
@@ -270,7 +278,9 @@ def test_embedded_run_leaves_no_process_behind(tmp_path: Path, interrupt: bool) 
             time.sleep(0.1)
         time.sleep(0.5)
         assert _processes_mentioning(marker), "the embedded workers should be running"
-        assert set(_processes_mentioning("buddy-redis-")) - redis_before, "the embedded Redis should be running"
+        assert set(_processes_mentioning("buddy-redis-")) - redis_before, (
+            "the embedded Redis should be running"
+        )
         proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=90)
     if interrupt:

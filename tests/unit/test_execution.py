@@ -407,10 +407,15 @@ def test_reversible_tool_is_rolled_back_on_failure(
     assert ("t.rev", "t1", 1) in tools.calls
     assert target.read_text() == "original"
     o = stored(store, "t1")
-    assert o.status is TaskStatus.FAILED
-    assert o.rolled_back is True
-    # the undo data was persisted before the effect
-    assert store.undo_data(CID) == {"t1": {"path": str(target), "old": "original"}}
+    assert o.status is TaskStatus.ROLLED_BACK  # failed, and its partial effect undone
+    assert o.rolled_back is True and o.error_type == "ToolError"
+    # the undo record was persisted before the effect, with what a later compensation needs
+    record = store.undo_data(CID)["t1"]
+    assert record["undo"] == {"path": str(target), "old": "original"}
+    assert record["tool"] == "t.rev" and record["args"] == {"path": "f.txt"} and record["agent_id"] == "a1"
+    # the worker's transitions went to Redis with the outcome
+    moves = [(t.from_state.value, t.to_state.value) for t in store.pop_transitions(CID)]
+    assert moves == [("queued", "running"), ("running", "failed"), ("failed", "rolled_back")]
 
 
 def test_failed_rollback_is_reported(store: Store, ex: Executor, make_spec) -> None:

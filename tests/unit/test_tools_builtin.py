@@ -805,3 +805,32 @@ def test_decorator_registers_into_an_empty_private_registry() -> None:
     register("test.private_only", args=NoArgs, result=NoArgs, registry=reg)(lambda a, c: {})
     assert "test.private_only" in reg
     assert "test.private_only" not in REGISTRY
+
+
+def test_bad_contracts_are_refused_at_registration_with_a_clear_message() -> None:
+    from pydantic import BaseModel
+
+    from buddy.errors import ContractError
+    from buddy.tools import ToolRegistry
+    from buddy.tools import tool as register
+
+    class A(BaseModel):
+        pass
+
+    class Needs(BaseModel):
+        value: int
+
+    reg = ToolRegistry()
+    with pytest.raises(ContractError, match=r"unknown contract option.*retires.*the options are"):
+        register("t.a", args=A, result=A, retires=3, registry=reg)
+    with pytest.raises(ContractError, match="reversible=True needs a rollback"):
+        register("t.b", args=A, result=A, reversible=True, registry=reg)(lambda a, c: {})
+    with pytest.raises(ContractError, match="needs mock="):
+        register("t.c", args=A, result=Needs, registry=reg)(lambda a, c: {"value": 1})
+    with pytest.raises(ContractError, match="risk must be one of"):
+        register("t.d", args=A, result=A, risk="SCARY", registry=reg)(lambda a, c: {})
+    with pytest.raises(ContractError, match="name must be"):
+        register("Bad Name", args=A, result=A, registry=reg)(lambda a, c: {})
+    with pytest.raises(ContractError, match="bad retry policy"):
+        register("t.e", args=A, result=A, retry={"max_attempts": 0}, registry=reg)(lambda a, c: {})
+    assert len(reg) == 0

@@ -160,6 +160,7 @@ def _read_body(response: httpx.Response, until: float) -> str:
     description="Send one HTTP request and return status, headers and body.",
     risk=Risk.MEDIUM,
     idempotent=False,
+    timeout_of=lambda a: a.timeout_s,
     timeout_s=30.0,
     retry=DEFAULT_RETRY,
     resources=_resources,

@@ -99,6 +99,7 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     description="Run an allow-listed program (no shell) and capture its output.",
     risk=Risk.HIGH,
     idempotent=False,
+    timeout_of=lambda a: a.timeout_s,
     timeout_s=60.0,
     retry=NO_RETRY,
     mock=_mock,

@@ -1,0 +1,283 @@
+"""Safety end to end: modes, approvals from a second process, the lock, abort + rollback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from buddy.fleet import LocalFleet
+from buddy.redis_server import EmbeddedRedis
+from buddy.safety import Approvals
+from buddy.state import Store
+from buddy.transport import redis_client
+from tests.integration.conftest import buddy
+from tests.integration.test_campaign import executed, write_plan
+
+pytestmark = pytest.mark.integration
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def start_run(*args: str) -> subprocess.Popen[str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUDDY_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "buddy", "run", *args, "--no-progress"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def campaign_id(out: Path, timeout_s: float = 30) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            return str(json.loads((out / "campaign.json").read_text())["campaign_id"])
+        except (OSError, ValueError):
+            time.sleep(0.05)
+    raise AssertionError("campaign.json never appeared")
+
+
+def transitions(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (out / "state_transitions.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("mode", ["mock", "dry_run"])
+def test_mock_and_dry_run_touch_nothing(
+    fleet: LocalFleet,
+    fleet_redis: EmbeddedRedis,
+    tmp_path: Path,
+    http_server: tuple[str, list[str]],
+    mode: str,
+) -> None:
+    base, requests = http_server
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "keep.txt").write_text("original\n")
+    (data / "gone.txt").write_text("still here\n")
+    marker = data / "shell-ran"
+    plan = write_plan(
+        tmp_path / "plan.jsonl",
+        [
+            {
+                "task_id": "w",
+                "tool": "file.write",
+                "args": {"path": str(data / "keep.txt"), "content": "new\n"},
+            },
+            {
+                "task_id": "c",
+                "tool": "file.write",
+                "args": {"path": str(data / "created.txt"), "content": "x"},
+            },
+            {"task_id": "a", "tool": "file.append", "args": {"path": str(data / "keep.txt"), "line": "more"}},
+            {"task_id": "d", "tool": "file.delete", "args": {"path": str(data / "gone.txt")}},
+            {
+                "task_id": "s",
+                "tool": "shell",
+                "args": {"argv": [sys.executable, "-c", f"open({str(marker)!r}, 'w')"]},
+            },
+            {"task_id": "g", "tool": "http.request", "args": {"url": f"{base}/__init__.py"}},
+            {
+                "task_id": "p",
+                "tool": "http.request",
+                "args": {"method": "POST", "url": f"{base}/x", "json": {}},
+            },
+            {"task_id": "h", "tool": "file.sha256", "args": {"path": str(data / "keep.txt")}},
+        ],
+    )
+    before = snapshot(data)
+    out = tmp_path / "out"
+    proc = buddy(
+        "run", str(plan), "--mode", mode, "--redis-url", fleet_redis.url, "--out", str(out), "--no-progress"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert snapshot(data) == before
+    assert requests == []  # not even a GET reached the server
+    rows = executed(out)
+    assert {r["mode"] for r in rows.values()} == {mode}
+    if mode == "dry_run":
+        assert "-original" in rows["w"]["result"]["diff"] and "+new" in rows["w"]["result"]["diff"]
+        assert rows["d"]["result"]["exists"] is True
+        assert rows["s"]["result"]["allowed"] is True
+        assert rows["p"]["result"]["method"] == "POST"
+
+
+def test_live_needs_confidence_for_its_risk(
+    fleet: LocalFleet, fleet_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
+    target = tmp_path / "f.txt"
+    plan = write_plan(
+        tmp_path / "plan.jsonl",
+        [
+            {
+                "task_id": "unsure",
+                "tool": "file.write",
+                "confidence": 0.5,
+                "args": {"path": str(target), "content": "x"},
+            },
+            {"task_id": "sure", "tool": "file.sha256", "confidence": 0.1, "args": {"path": __file__}},
+        ],
+        confidence=None,
+    )
+    out = tmp_path / "out"
+    proc = buddy(
+        "run", str(plan), "--mode", "live", "--redis-url", fleet_redis.url, "--out", str(out), "--no-progress"
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = executed(out)
+    assert rows["unsure"]["mode"] == "dry_run" and "0.50 < 0.60" in rows["unsure"]["mode_reason"]
+    assert not target.exists()
+    assert rows["sure"]["mode"] == "live"  # LOW needs no confidence
+
+
+def test_approve_deny_and_timeout_from_a_second_process(
+    fleet: LocalFleet, fleet_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
+    files = {name: tmp_path / f"{name}.txt" for name in ("approved", "denied", "ignored")}
+    for f in files.values():
+        f.write_text("precious\n")
+    plan = write_plan(
+        tmp_path / "plan.jsonl",
+        [{"task_id": f"del-{n}", "tool": "file.delete", "args": {"path": str(f)}} for n, f in files.items()]
+        + [{"task_id": "after", "tool": "noop", "depends_on": ["del-denied"]}],
+    )
+    out = tmp_path / "out"
+    proc = start_run(str(plan), "--mode", "live", "--redis-url", fleet_redis.url, "--out", str(out),
+                     "--approval-timeout", "8")  # fmt: skip
+    try:
+        cid = campaign_id(out)
+        approvals = Approvals(Store(redis_client(fleet_redis.url)))
+        deadline = time.monotonic() + 30
+        while len(approvals.get(cid)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        listed = buddy("approvals", "list", cid, "--json", "--redis-url", fleet_redis.url)
+        assert listed.returncode == 0, listed.stderr
+        shown = [json.loads(x) for x in listed.stdout.splitlines()]
+        assert sorted((a["task_id"], a["status"], a["risk"]) for a in shown) == [
+            ("del-approved", "pending", "HIGH"), ("del-denied", "pending", "HIGH"), ("del-ignored", "pending", "HIGH")
+        ]  # fmt: skip
+        ok = buddy(
+            "approvals", "approve", cid, "del-approved", "--by", "alice", "--redis-url", fleet_redis.url
+        )
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        no = buddy("approvals", "deny", cid, "del-denied", "--reason", "keep it", "--by", "bob",
+                   "--redis-url", fleet_redis.url)  # fmt: skip
+        assert no.returncode == 0, no.stdout + no.stderr
+        again = buddy("approvals", "approve", cid, "del-denied", "--redis-url", fleet_redis.url)
+        assert again.returncode == 1 and "already decided" in again.stdout
+        _, stderr = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, stderr
+    assert not files["approved"].exists()
+    assert files["denied"].read_text() == "precious\n"  # a denied file.delete leaves its file
+    assert files["ignored"].read_text() == "precious\n"
+    rows = executed(out)
+    assert rows["del-approved"]["status"] == "succeeded" and rows["del-approved"]["mode"] == "live"
+    assert rows["del-denied"]["status"] == "denied" and "bob" in rows["del-denied"]["error_msg"]
+    assert "keep it" in rows["del-denied"]["error_msg"]
+    assert rows["del-ignored"]["status"] == "denied" and "timed out" in rows["del-ignored"]["error_msg"]
+    assert rows["after"]["status"] == "skipped"
+    by_task = {a.task_id: a for a in approvals.get(cid)}
+    assert by_task["del-approved"].by == "alice" and by_task["del-approved"].decided_at
+    assert by_task["del-ignored"].status == "denied" and by_task["del-ignored"].by == "coordinator"
+    moves = [(t["task_id"], t["from"], t["to"]) for t in transitions(out)]
+    assert ("del-approved", "awaiting_approval", "approved") in moves
+    assert ("del-denied", "awaiting_approval", "denied") in moves
+    assert ("del-approved", "running", "succeeded") in moves
+    assert not any(t == "del-denied" and to == "queued" for t, _, to in moves)
+
+
+def test_lock_is_honoured_by_a_running_campaign(
+    fleet: LocalFleet, fleet_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
+    target = tmp_path / "written.txt"
+    plan = write_plan(
+        tmp_path / "plan.jsonl",
+        [
+            {"task_id": "slow", "tool": "sleep", "args": {"seconds": 2}},
+            {
+                "task_id": "write",
+                "tool": "file.write",
+                "depends_on": ["slow"],
+                "args": {"path": str(target), "content": "x"},
+            },
+        ],
+    )
+    out = tmp_path / "out"
+    proc = start_run(str(plan), "--mode", "live", "--redis-url", fleet_redis.url, "--out", str(out))
+    try:
+        campaign_id(out)
+        locked = buddy("lock", "--reason", "change freeze", "--redis-url", fleet_redis.url)
+        assert locked.returncode == 0, locked.stderr
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        buddy("unlock", "--redis-url", fleet_redis.url)
+    assert proc.returncode == 0, stderr
+    rows = executed(out)
+    assert rows["slow"]["mode"] == "live"
+    assert rows["write"]["mode"] == "mock" and "change freeze" in rows["write"]["mode_reason"]
+    assert not target.exists()
+
+
+def test_abort_with_rollback_restores_every_file(
+    fleet: LocalFleet, fleet_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(4):
+        (data / f"f{i}.txt").write_bytes(f"version one of {i}\n".encode() * (i + 1))
+    ledger = data / "ledger.txt"
+    ledger.write_text("start\n")
+    before = snapshot(data)
+    lines: list[dict[str, Any]] = [
+        {
+            "task_id": f"w{i}",
+            "tool": "file.write",
+            "args": {"path": str(data / f"f{i}.txt"), "content": f"v2 {i}\n"},
+        }
+        for i in range(4)
+    ]
+    lines += [
+        {"task_id": "new", "tool": "file.write", "args": {"path": str(data / "new.txt"), "content": "fresh"}},
+        {"task_id": "broken", "tool": "file.sha256", "args": {"path": str(data / "missing.txt")}},
+        {"task_id": "log", "tool": "file.append", "args": {"path": str(ledger), "line": "appended"}},
+        {"task_id": "next", "tool": "noop", "depends_on": ["w0"]},
+    ]
+    plan = write_plan(tmp_path / "plan.jsonl", lines)
+    out = tmp_path / "out"
+    proc = buddy("run", str(plan), "--mode", "live", "--redis-url", fleet_redis.url, "--out", str(out),
+                 "--max-fail-percentage", "0", "--rollback-on-abort", "--no-progress")  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    after = snapshot(data)
+    ledger_after = after.pop("ledger.txt")
+    expected = dict(before)
+    expected.pop("ledger.txt")
+    assert after == expected  # every reversible effect undone, byte for byte; new.txt removed
+    assert ledger_after == b"start\nappended\n"  # irreversible: stays, and is reported
+    summary = json.loads((out / "execution_summary.json").read_text())
+    assert summary["status"] == "aborted" and "max_fail_percentage" in summary["abort_reason"]
+    assert [w["wave"] for w in summary["waves"]] == [1]  # wave 2 was never dispatched
+    events = {
+        e["task_id"]: e for e in map(json.loads, (out / "rollback_events.jsonl").read_text().splitlines())
+    }
+    assert {t for t, e in events.items() if e["status"] == "rolled_back"} == {"w0", "w1", "w2", "w3", "new"}
+    assert events["log"]["status"] == "not_reversible"
+    report = (out / "report.md").read_text()
+    assert "max_fail_percentage" in report and "`log`" in report and "Not compensated" in report
+    rows = executed(out)
+    assert "next" not in rows
+    moves = {(t["task_id"], t["from"], t["to"]) for t in transitions(out)}
+    assert ("w0", "succeeded", "rolled_back") in moves
