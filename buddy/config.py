@@ -43,6 +43,9 @@ class Settings(BaseSettings):
       (Celery ``broker_transport_options.visibility_timeout``), default 3600.
     - ``BUDDY_HEARTBEAT_INTERVAL_S`` (2) / ``BUDDY_HEARTBEAT_STALE_S`` (10): worker heartbeats.
     - ``BUDDY_EVENTS_MAXLEN``: approximate cap of a campaign's event stream (XADD MAXLEN ~).
+    - ``BUDDY_LEASE_TTL_S`` (30): a resource lease's lifetime between renewals (renewed every
+      third of it while the tool runs); ``BUDDY_LEASE_WAIT_S`` (10): how long a task waits for
+      its leases before it ends ``conflict`` (retried).
     - ``BUDDY_LOG_FORMAT``: ``text`` or ``json``; ``BUDDY_LOG_LEVEL``.
     """
 
@@ -56,6 +59,8 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
     heartbeat_stale_s: float = Field(default=10.0, gt=0)
     events_maxlen: int = Field(default=10_000, ge=100)
+    lease_ttl_s: float = Field(default=30.0, gt=0)
+    lease_wait_s: float = Field(default=10.0, ge=0)
     result_expires_s: int = Field(default=86_400, ge=60)
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"

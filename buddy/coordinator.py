@@ -482,6 +482,7 @@ class Coordinator:
             args=pt.task.args,
             mode=gate.mode,
             mode_reason=gate.reason,
+            claims=pt.claims,
             workdir=str(self.opts.workdir),
             planned_agent=pt.agent,
             planned_wave=pt.wave,

@@ -25,7 +25,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -41,6 +41,7 @@ from buddy.errors import (
     ToolError,
     ToolTimeoutError,
 )
+from buddy.leases import LeaseConflictError, LeaseManager
 from buddy.lifecycle import Transition, transition
 from buddy.models import AttemptError, Mode, Outcome, RollbackEvent, TaskSpec, TaskStatus, utcnow
 from buddy.state import Claim, Store
@@ -77,6 +78,7 @@ class _Run:
     state: TaskStatus = TaskStatus.QUEUED
     transitions: list[Transition] = field(default_factory=list)
     outcome: Outcome | None = None
+    fencing_token: int | None = None
 
 
 class Executor:
@@ -94,12 +96,23 @@ class Executor:
         worker: str,
         claim_ttl_s: int = 3600,
         clock: Callable[[], float] = time.time,
+        leases: LeaseManager | None = None,
+        stale_s: float = 10.0,
+        renew_s: float = 2.0,
+        conflict_attempts: int = 5,
     ) -> None:
         self.store = store
         self.registry = registry
         self.worker = worker
         self.claim_ttl_s = claim_ttl_s
         self.clock = clock
+        self.leases = leases
+        self.stale_s = stale_s
+        self.renew_s = renew_s
+        self.conflict_attempts = conflict_attempts
+        self._live: dict[tuple[str, str], Claim] = {}
+        self._live_lock = threading.Lock()
+        self._renewer: threading.Thread | None = None
 
     def run_batch(
         self, campaign_id: str, wave: int, agent_id: str, specs: list[TaskSpec], *, delivery: str = ""
@@ -117,10 +130,18 @@ class Executor:
         early: dict[str, Claim] = {}
 
         for spec in specs:
+            claim = claims.get(spec.task_id)
+            if spec.task_id not in existing and claim is not None and claim.fresh(self.clock(), self.stale_s):
+                # Another delivery of this task is running right now (Redis redelivered the
+                # message after the visibility timeout, or a resumed campaign sent it again):
+                # wait for its outcome instead of running the tool a second time.
+                other, claim = self._await_other(campaign_id, spec.task_id)
+                if other is not None:
+                    existing[spec.task_id] = other
             if spec.task_id in existing:
                 res.done.append((spec.task_id, existing[spec.task_id].status.value))
                 continue
-            run = self._prepare(campaign_id, wave, agent_id, spec, claims.get(spec.task_id), lock)
+            run = self._prepare(campaign_id, wave, agent_id, spec, claim, lock)
             if run.outcome is not None:
                 pending.append(run.outcome)
                 prepared_fail.append(run)
@@ -133,6 +154,7 @@ class Executor:
         # Claims for tasks that are safe to repeat go in one round trip; the others are
         # claimed one by one right before they run.
         self.store.set_claims(campaign_id, wave, early, self.claim_ttl_s)
+        self._keep_alive(campaign_id, early)
         claimed.update(early)
         self.store.add_in_flight(agent_id, len(runs))
         retry_claims: dict[str, Claim] = {}
@@ -142,9 +164,9 @@ class Executor:
             for run in runs:
                 tid = run.spec.task_id
                 if tid not in claimed:
-                    self.store.set_claims(
-                        campaign_id, wave, {tid: self._claim(run, delivery)}, self.claim_ttl_s
-                    )
+                    one = {tid: self._claim(run, delivery)}
+                    self.store.set_claims(campaign_id, wave, one, self.claim_ttl_s)
+                    self._keep_alive(campaign_id, one)
                     claimed.add(tid)
                 if run.state is not TaskStatus.RUNNING:
                     self._move(run, TaskStatus.RUNNING, f"attempt {run.attempt} on {self.worker}")
@@ -154,6 +176,7 @@ class Executor:
                     claim.state = "retry_wait"
                     claim.errors = [e.model_dump(mode="json") for e in run.errors]
                     retry_claims[tid] = claim
+                    self._let_go(campaign_id, [tid])
                     last = run.errors[-1]
                     self._move(
                         run, TaskStatus.QUEUED, f"retry in {retry_after:.2f} s after {last.error_type}"
@@ -206,7 +229,7 @@ class Executor:
                 errors.append(died)
                 safe = not run.effectful or run.contract.is_idempotent(run.args)
                 if not safe and run.contract.reversible:
-                    safe = self._rollback_orphan(spec, run.contract, run.args)
+                    safe = self._rollback_orphan(cid, spec, run.contract, run.args)
                 if not safe:
                     run.outcome = self._outcome(
                         run,
@@ -219,11 +242,75 @@ class Executor:
                     )
         return run
 
-    def _rollback_orphan(self, spec: TaskSpec, contract: ToolContract, args: Any) -> bool:
-        return False  # undo data of a dead attempt is rolled back by the recovery code (issue 4)
+    def _await_other(self, cid: str, task_id: str) -> tuple[Outcome | None, Claim | None]:
+        """Wait while another attempt's claim stays fresh; return its outcome, or the claim as
+        it is when it went stale (that attempt died) or vanished."""
+        while True:
+            got = self.store.outcomes(cid, [task_id]).get(task_id)
+            if got is not None:
+                return got, None
+            claim = self.store.claim(cid, task_id)
+            if claim is None or not claim.fresh(self.clock(), self.stale_s):
+                return None, claim
+            time.sleep(min(0.2, self.renew_s))
+
+    def _rollback_orphan(self, cid: str, spec: TaskSpec, contract: ToolContract, args: Any) -> bool:
+        """Undo a dead attempt's partial effect so the task can run again. True when that is
+        done, or when the attempt never recorded undo data (it died before any effect)."""
+        record = self.store.undo_data(cid, [spec.task_id]).get(spec.task_id)
+        if record is None or contract.rollback is None:
+            return record is None
+        ctx = ToolContext(
+            campaign_id=cid,
+            task_id=spec.task_id,
+            workdir=Path(spec.workdir),
+            worker=self.worker,
+            undo=record["undo"],
+        )
+        try:
+            contract.rollback(args, record["undo"], ctx)
+        except Exception:
+            log.exception("could not roll back the dead attempt of task %s", spec.task_id)
+            return False
+        return True
 
     def _claim(self, run: _Run, delivery: str) -> Claim:
-        return Claim(worker=self.worker, attempt=run.attempt, started_at=self.clock(), delivery=delivery)
+        now = self.clock()
+        return Claim(
+            worker=self.worker, attempt=run.attempt, started_at=now, heartbeat=now, delivery=delivery
+        )
+
+    # -- claim heartbeats ----------------------------------------------------------------
+
+    def _keep_alive(self, cid: str, claims: dict[str, Claim]) -> None:
+        """Renew these claims' heartbeats every ``renew_s`` until their outcome is recorded."""
+        with self._live_lock:
+            for tid, c in claims.items():
+                self._live[(cid, tid)] = c
+            if self._renewer is None or not self._renewer.is_alive():
+                self._renewer = threading.Thread(target=self._renew_loop, name="buddy-claims", daemon=True)
+                self._renewer.start()
+
+    def _let_go(self, cid: str, task_ids: Iterable[str]) -> None:
+        with self._live_lock:
+            for tid in task_ids:
+                self._live.pop((cid, tid), None)
+
+    def _renew_loop(self) -> None:
+        while True:
+            time.sleep(self.renew_s)
+            with self._live_lock:
+                items = list(self._live.items())
+            by_cid: dict[str, dict[str, Claim]] = {}
+            now = self.clock()
+            for (cid, tid), claim in items:
+                claim.heartbeat = now
+                by_cid.setdefault(cid, {})[tid] = claim
+            for cid, claims in by_cid.items():
+                try:
+                    self.store.touch_claims(cid, claims, self.claim_ttl_s)
+                except Exception:  # a Redis blip: the next beat retries
+                    log.warning("could not renew claims", exc_info=True)
 
     def _move(self, run: _Run, to: TaskStatus, reason: str | None = None) -> None:
         run.transitions.append(
@@ -256,7 +343,7 @@ class Executor:
             elif spec.mode is Mode.DRY_RUN:
                 result = contract.preview(run.args, ctx)
             else:
-                with hard_timeout(timeout_s + HARD_TIMEOUT_GRACE_S, contract.name):
+                with self._leased(run, ctx), hard_timeout(timeout_s + HARD_TIMEOUT_GRACE_S, contract.name):
                     result = contract.execute(run.args, ctx)
         except ToolError as e:
             return self._failed(run, ctx, e, start, t0)
@@ -265,6 +352,24 @@ class Executor:
             wrapped = ToolError(f"{type(e).__name__}: {e}", error_type=type(e).__name__)
             return self._failed(run, ctx, wrapped, start, t0)
         return self._outcome(run, TaskStatus.SUCCEEDED, start=start, t0=t0, result=result), 0.0
+
+    @contextmanager
+    def _leased(self, run: _Run, ctx: ToolContext) -> Iterator[None]:
+        """Hold the task's write leases (fenced) while its live effect runs."""
+        writes = [c for c in run.spec.claims if c.mode == "write"]
+        if self.leases is None or not writes:
+            yield
+            return
+        wave_key = self.store.keys.wave(run.cid, run.wave)
+
+        def contended(n: int) -> None:
+            self.store.r.hincrby(wave_key, "lease_contention", n)
+
+        owner = f"{run.cid}:{run.spec.task_id}:{run.attempt}:{self.worker}"
+        with self.leases.hold(writes, owner, contended) as lease:
+            ctx.fencing_token = run.fencing_token = lease.fencing_token
+            ctx.lease_check = lease.check
+            yield
 
     def _failed(
         self, run: _Run, ctx: ToolContext, e: ToolError, start: datetime, t0: float
@@ -292,8 +397,12 @@ class Executor:
             status = TaskStatus.TIMED_OUT
         else:
             status = TaskStatus.FAILED
-            # A tool raises RetryableToolError only where another try is safe (5xx, refused).
-            if contract.retry.should_retry(run.attempt, e.error_type, isinstance(e, RetryableToolError)):
+            # A tool raises RetryableToolError only where another try is safe (5xx, refused);
+            # a lease conflict ran nothing, so it is retried even for a tool that never retries.
+            if isinstance(e, LeaseConflictError):
+                if run.attempt < self.conflict_attempts:
+                    return None, max(contract.retry.delay_s(run.attempt), 0.2)
+            elif contract.retry.should_retry(run.attempt, e.error_type, isinstance(e, RetryableToolError)):
                 return None, contract.retry.delay_s(run.attempt)
         outcome = self._outcome(run, status, start=start, t0=t0, error=(e.error_type, str(e)))
         if rolled_back:
@@ -333,6 +442,7 @@ class Executor:
             worker=self.worker,
             tool=spec.tool,
             errors=list(run.errors),
+            fencing_token=run.fencing_token,
         )
 
     def _flush(self, pending: list[Outcome], runs: list[_Run], claimed: set[str], res: BatchResult) -> None:
@@ -341,6 +451,7 @@ class Executor:
         n_claimed = sum(1 for o in pending if o.task_id in claimed)
         transitions = [t for r in runs for t in r.transitions]
         self.store.record_outcomes(pending, running_delta=-n_claimed, transitions=transitions)
+        self._let_go(pending[0].campaign_id, [o.task_id for o in pending])
         res.done.extend((o.task_id, o.status.value) for o in pending)
         pending.clear()
         runs.clear()

@@ -177,6 +177,7 @@ class TaskSpec(BaseModel):
     workdir: str = "."
     planned_agent: str | None = None
     planned_wave: int | None = None
+    claims: list[ResourceClaim] = Field(default_factory=list)
 
 
 class AttemptError(BaseModel):

@@ -102,6 +102,9 @@ class Claim(BaseModel):
     ``state`` is ``running`` while an attempt is in progress and ``retry_wait`` between a
     failed attempt and its Celery retry; ``delivery`` is ``<celery task id>:<retries>`` and
     tells a redelivery of the same message (the earlier attempt died) from a retry.
+    ``heartbeat`` (epoch seconds) is renewed by the executing worker every few seconds: a
+    ``running`` claim with a fresh heartbeat belongs to an attempt still in progress
+    elsewhere (a duplicate delivery), a stale one to an attempt that died.
     """
 
     worker: str
@@ -109,7 +112,11 @@ class Claim(BaseModel):
     started_at: float
     state: str = "running"
     delivery: str = ""
+    heartbeat: float = 0.0
     errors: list[dict[str, Any]] = Field(default_factory=list)
+
+    def fresh(self, now: float, stale_s: float) -> bool:
+        return self.state == "running" and now - (self.heartbeat or self.started_at) < stale_s
 
 
 class AgentInfo(BaseModel):
@@ -245,6 +252,19 @@ class Store:
             pipe.set(self.keys.claim(cid, tid), claim.model_dump_json(), ex=ttl_s)
         pipe.hincrby(self.keys.wave(cid, wave), "running", len(claims))
         pipe.execute()
+
+    def touch_claims(self, cid: str, claims: Mapping[str, Claim], ttl_s: int) -> None:
+        """Rewrite running claims with their renewed heartbeat (one pipeline)."""
+        if not claims:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for tid, claim in claims.items():
+            pipe.set(self.keys.claim(cid, tid), claim.model_dump_json(), ex=ttl_s)
+        pipe.execute()
+
+    def claim(self, cid: str, task_id: str) -> Claim | None:
+        raw = self.r.get(self.keys.claim(cid, task_id))
+        return Claim.model_validate_json(raw) if raw else None
 
     def set_retry_claims(
         self,

@@ -15,6 +15,7 @@ from celery import Task
 
 from buddy.config import get_settings
 from buddy.execution import Executor
+from buddy.leases import LeaseManager
 from buddy.models import TaskSpec
 from buddy.monitor import summarize_wave
 from buddy.state import Store
@@ -34,13 +35,19 @@ def store() -> Store:
     )
 
 
+@lru_cache(maxsize=4)
 def executor(hostname: str) -> Executor:
+    """This process's :class:`Executor` (one per worker name; it keeps claim heartbeats)."""
     s = get_settings()
+    st = store()
     return Executor(
-        store(),
+        st,
         default_registry(s.tools),
         worker=f"{hostname}:{os.getpid()}",
         claim_ttl_s=s.visibility_timeout_s,
+        leases=LeaseManager(st.r, ttl_s=s.lease_ttl_s, wait_s=s.lease_wait_s),
+        stale_s=s.heartbeat_stale_s,
+        renew_s=s.heartbeat_interval_s,
     )
 
 

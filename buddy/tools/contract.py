@@ -71,6 +71,7 @@ class ToolContext:
 
     ``workdir`` is where relative paths resolve (``--workdir`` of the campaign);
     ``fencing_token`` is the newest lease token held for the task's resources (or None);
+    a tool calls :meth:`check_lease` right before it commits an effect on them;
     ``deadline`` is a ``time.monotonic()`` value after which the tool should give up.
     A reversible tool calls :meth:`record_undo` with JSON-able data *before* its effect;
     the data is handed back to its rollback.
@@ -86,11 +87,19 @@ class ToolContext:
     deadline: float | None = None
     undo: dict[str, Any] | None = None
     on_undo: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False)
+    lease_check: Callable[[], None] | None = field(default=None, repr=False)
 
     def path(self, p: str | Path) -> Path:
         """``p`` made absolute against the campaign's workdir."""
         q = Path(p).expanduser()
         return q if q.is_absolute() else (self.workdir / q)
+
+    def check_lease(self) -> None:
+        """Call right before committing an effect on a leased resource: raises
+        :class:`~buddy.leases.LeaseLostError` (``lease_lost``) when this task's lease expired or
+        a newer fencing token exists, so a stale holder's effect is refused. No-op unleased."""
+        if self.lease_check is not None:
+            self.lease_check()
 
     def record_undo(self, data: dict[str, Any]) -> None:
         """Keep ``data`` (JSON-able) for this call's rollback; the worker persists it in Redis

@@ -56,10 +56,12 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(target: Path, data: bytes, mode: int | None) -> None:
+def _atomic_write(target: Path, data: bytes, mode: int | None, ctx: ToolContext | None = None) -> None:
     """Write ``data`` to ``target`` through a temporary file in its directory and ``os.replace``.
 
-    ``mode`` (permission bits) is applied to the new file when given. Raises ``OSError``.
+    ``mode`` (permission bits) is applied to the new file when given. With ``ctx``, the lease
+    is checked (``ctx.check_lease``) right before the ``os.replace`` that commits the effect.
+    Raises ``OSError``, or :class:`~buddy.leases.LeaseLostError` (nothing replaced).
     """
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=_TMP_SUFFIX)
     try:
@@ -69,6 +71,8 @@ def _atomic_write(target: Path, data: bytes, mode: int | None) -> None:
             os.fsync(f.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
+        if ctx is not None:
+            ctx.check_lease()
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -284,7 +288,7 @@ def file_write(args: WriteArgs, ctx: ToolContext) -> WriteResult:
         }
     )
     try:
-        _atomic_write(target, data, mode)
+        _atomic_write(target, data, mode, ctx)
     except OSError as e:
         raise _os_error(e, "write", target) from None
     return WriteResult(bytes=len(data), created=not existed)
@@ -354,6 +358,7 @@ def file_append(args: AppendArgs, ctx: ToolContext) -> AppendResult:
     target = ctx.path(args.path)
     _check_target(target)
     data = (args.line + "\n").encode("utf-8")
+    ctx.check_lease()
     try:
         fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     except OSError as e:
@@ -422,6 +427,7 @@ def file_delete(args: PathArgs, ctx: ToolContext) -> DeleteResult:
     target = ctx.path(args.path)
     if target.is_dir() and not target.is_symlink():
         raise ToolError(f"cannot delete {target}: it is a directory", error_type="IsADirectoryError")
+    ctx.check_lease()
     try:
         target.unlink()
     except FileNotFoundError:
