@@ -16,7 +16,7 @@ from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Literal, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Literal, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -27,6 +27,9 @@ from buddy.errors import BuddyError, ConfigError, ContractError, InfrastructureE
 from buddy.models import AgentSpec, Mode, Strategy, agent_queue
 from buddy.plan import CampaignPlan, build_plan, summary_table
 from buddy.state import Store
+
+if TYPE_CHECKING:
+    from buddy.coordinator import CampaignOptions
 
 app = typer.Typer(
     name="buddy",
@@ -45,6 +48,12 @@ class AutoApprove(StrEnum):
     LOW = "LOW"
     MEDIUM = "MEDIUM"
     HIGH = "HIGH"
+
+
+class ReviewMark(StrEnum):
+    succeeded = "succeeded"
+    failed = "failed"
+    retry = "retry"
 
 
 class RollbackScope(StrEnum):
@@ -132,6 +141,7 @@ StrategyOpt = Annotated[
 WorkdirOpt = Annotated[
     Path | None, typer.Option("--workdir", help="Where relative paths in tool args resolve. Default: cwd.")
 ]
+RedisOpt = Annotated[str | None, typer.Option("--redis-url", help="Default: BUDDY_REDIS_URL.")]
 ToolsOpt = Annotated[
     list[str] | None, typer.Option("--tools", help="Module(s) to import for their @buddy.tool contracts.")
 ]
@@ -251,13 +261,18 @@ def run(
         RollbackScope,
         typer.Option("--rollback-scope", help="wave: the aborted wave only; campaign: every wave."),
     ] = RollbackScope.wave,
+    wave_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--wave-timeout",
+            min=1,
+            help="Seconds before a wave's members without an outcome count as lost (idempotent ones are "
+            "sent once more). Default: from the tasks' timeouts and the agents' concurrency.",
+        ),
+    ] = None,
 ) -> None:
     """Run a plan as a wave campaign and write its outputs."""
-    from buddy.coordinator import CampaignOptions, Coordinator, new_campaign_id
-    from buddy.fleet import LocalFleet
-    from buddy.redis_server import EmbeddedRedis
-    from buddy.tools.registry import default_registry
-    from buddy.transport import make_dispatcher, redis_client
+    from buddy.coordinator import CampaignOptions, new_campaign_id
 
     try:
         settings = get_settings()
@@ -284,6 +299,53 @@ def run(
     if cfg.python_allow:
         worker_env["BUDDY_PYTHON_ALLOW"] = ",".join(sorted({*settings.python_allow, *cfg.python_allow}))
 
+    options = CampaignOptions(
+        mode=mode or cfg.mode or Mode.MOCK,
+        workdir=wd,
+        out_dir=out_root,
+        batch_size=batch_size or cfg.batch_size,
+        worker_wait_s=worker_wait,
+        progress=progress,
+        campaign_id=cid,
+        schedule_path=schedule,
+        config_path=config,
+        escalation=cfg.escalation.model_copy(
+            update={
+                "allow_critical": allow_critical or cfg.escalation.allow_critical,
+                "auto_approve": auto_approve.value if auto_approve else cfg.escalation.auto_approve,
+            }
+        ),
+        approval_timeout_s=approval_timeout or cfg.approval_timeout_s or 600.0,
+        max_fail_percentage=max_fail_percentage
+        if max_fail_percentage is not None
+        else cfg.max_fail_percentage,
+        max_failures=max_failures if max_failures is not None else cfg.max_failures,
+        rollback_on_abort=rollback_on_abort,
+        rollback_scope=rollback_scope.value,
+        wave_timeout_s=wave_timeout,
+    )
+    _execute(cp, options, url, specs, n_local, worker_env, tool_modules)
+
+
+def _execute(
+    cp: CampaignPlan,
+    options: CampaignOptions,
+    url: str | None,
+    specs: list[AgentSpec],
+    n_local: int,
+    worker_env: dict[str, str],
+    tool_modules: list[str],
+) -> NoReturn:
+    """Run (or resume) a campaign: Redis (embedded when ``url`` is None), local workers, the
+    coordinator; stop what was started on every exit path, Ctrl-C and SIGTERM included."""
+    from buddy.coordinator import Coordinator
+    from buddy.fleet import LocalFleet
+    from buddy.redis_server import EmbeddedRedis
+    from buddy.tools.registry import default_registry
+    from buddy.transport import make_dispatcher, redis_client
+
+    settings = get_settings()
+    out_root = options.out_dir or Path("outputs") / str(options.campaign_id)
     embedded: EmbeddedRedis | None = None
     fleet: LocalFleet | None = None
     previous = signal.signal(signal.SIGTERM, _sigterm)
@@ -301,38 +363,10 @@ def run(
             redis_client(url), events_maxlen=settings.events_maxlen, stale_s=settings.heartbeat_stale_s
         )
         store.r.ping()
+        options.redis_display = "embedded" if embedded else redact_url(url)
+        options.embedded = embedded is not None
         coordinator = Coordinator(
-            cp,
-            store,
-            make_dispatcher(url, settings),
-            default_registry(tool_modules),
-            CampaignOptions(
-                mode=mode or cfg.mode or Mode.MOCK,
-                workdir=wd,
-                out_dir=out_root,
-                batch_size=batch_size or cfg.batch_size,
-                worker_wait_s=worker_wait,
-                progress=progress,
-                campaign_id=cid,
-                redis_display="embedded" if embedded else redact_url(url),
-                embedded=embedded is not None,
-                schedule_path=schedule,
-                config_path=config,
-                escalation=cfg.escalation.model_copy(
-                    update={
-                        "allow_critical": allow_critical or cfg.escalation.allow_critical,
-                        "auto_approve": auto_approve.value if auto_approve else cfg.escalation.auto_approve,
-                    }
-                ),
-                approval_timeout_s=approval_timeout or cfg.approval_timeout_s or 600.0,
-                max_fail_percentage=max_fail_percentage
-                if max_fail_percentage is not None
-                else cfg.max_fail_percentage,
-                max_failures=max_failures if max_failures is not None else cfg.max_failures,
-                rollback_on_abort=rollback_on_abort,
-                rollback_scope=rollback_scope.value,
-            ),
-            console=err,
+            cp, store, make_dispatcher(url, settings), default_registry(tool_modules), options, console=err
         )
         summary = coordinator.run()
         code = summary.exit_code
@@ -359,6 +393,118 @@ def run(
         if embedded is not None:
             embedded.stop()
     raise typer.Exit(code)
+
+
+@app.command()
+def resume(
+    campaign: Annotated[str, typer.Argument(help="Campaign id (its state must be in Redis).")],
+    plan: Annotated[Path, typer.Option("--plan", help="The campaign's plan; its digest must match.")],
+    schedule: ScheduleOpt = None,
+    config: ConfigOpt = None,
+    redis_url: RedisOpt = None,
+    local_workers: Annotated[
+        int, typer.Option("--local-workers", min=0, help="Local worker processes per agent (default 0).")
+    ] = 0,
+    tools: ToolsOpt = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Continue a campaign from its first unfinished wave (after a crash or kill -9 of the coordinator).
+
+    Tasks that have a final outcome are never run again; tasks whose attempt is still running
+    on a worker are waited for, not duplicated. The plan (and schedule) must hash to the digest
+    the campaign started with.
+    """
+    from buddy.coordinator import CampaignOptions
+
+    settings = get_settings()
+    store, url = _store(redis_url)
+    info = _redis_call(url, lambda: store.campaign(campaign))
+    if not info or "options" not in info:
+        _fail(
+            f"no campaign {campaign!r} in Redis at {redact_url(url)} "
+            "(an embedded campaign's state ends with its run)"
+        )
+    if info.get("status") in ("succeeded", "finished_with_failures"):
+        _fail(f"campaign {campaign} already finished ({info['status']}); nothing to resume", 0)
+    options = CampaignOptions.model_validate_json(info["options"])
+    options.resume, options.progress, options.campaign_id = True, progress, campaign
+    stored = json.loads(info["config"])
+    specs = [AgentSpec.model_validate(a) for a in stored["agents"]]
+    try:
+        cfg = _load_config(config or options.config_path)
+        tool_modules = [*settings.tools, *cfg.tools, *_split(tools)]
+        cp = _plan(
+            plan,
+            schedule or options.schedule_path,
+            cfg,
+            specs,
+            Strategy(info["strategy"]),
+            options.workdir,
+            tool_modules,
+        )
+    except (PlanError, ConfigError, ContractError) as e:
+        _fail(str(e))
+    if cp.digest != info.get("plan_digest"):
+        _fail(
+            f"{plan}: sha256 {cp.digest[:16]}… does not match the campaign's plan digest "
+            f"{info.get('plan_digest', '')[:16]}…; resume needs the same plan (and schedule)"
+        )
+    _execute(cp, options, url, specs, local_workers, {"BUDDY_TOOLS": ",".join(tool_modules)}, tool_modules)
+
+
+@app.command()
+def abort(
+    campaign: Annotated[str, typer.Argument(help="Campaign id.")],
+    reason: Annotated[str, typer.Option("--reason")] = "requested by an operator",
+    redis_url: RedisOpt = None,
+) -> None:
+    """Stop a running campaign from another shell: no further wave is sent; it exits 3."""
+    from buddy.safety import operator
+
+    store, url = _store(redis_url)
+    info = _redis_call(url, lambda: store.campaign(campaign))
+    if not info:
+        _fail(f"no campaign {campaign!r} in Redis at {redact_url(url)}")
+    if info.get("status") != "running":
+        _fail(f"campaign {campaign} is {info.get('status')}, not running", 1)
+    _redis_call(url, lambda: store.request_abort(campaign, f"{reason} (by {operator()})"))
+    out.print(f"abort requested for {campaign}; its coordinator stops within a second")
+
+
+@app.command()
+def review(
+    campaign: Annotated[str, typer.Argument(help="Campaign id.")],
+    task: Annotated[str, typer.Argument(help="A task that ended needs_review or lost.")],
+    mark: Annotated[ReviewMark, typer.Option("--mark", help="What really happened, or run it again.")],
+    reason: Annotated[str, typer.Option("--reason")] = "",
+    redis_url: RedisOpt = None,
+) -> None:
+    """Settle a task an operator must look at: mark it succeeded or failed, or `retry` it
+    (the outcome is removed and `buddy resume` runs the task again)."""
+    from buddy.lifecycle import transition
+    from buddy.models import TaskStatus
+    from buddy.safety import operator
+
+    store, url = _store(redis_url)
+    o = _redis_call(url, lambda: store.outcomes(campaign, [task])).get(task)
+    if o is None:
+        _fail(f"campaign {campaign} has no outcome for task {task!r}")
+    if o.status not in (TaskStatus.NEEDS_REVIEW, TaskStatus.LOST):
+        _fail(f"task {task} is {o.status.value}; only needs_review or lost tasks are reviewed", 1)
+    who = f"operator {operator()}"
+    why = reason or f"marked {mark.value} in review"
+    if mark is ReviewMark.retry:
+        move = transition(campaign, task, o.status, TaskStatus.QUEUED, by=who, reason=why)
+        _redis_call(url, lambda: store.forget_outcome(campaign, task, move))
+        out.print(f"{task}: its outcome is removed; run `buddy resume {campaign} --plan …` to run it again")
+        return
+    status = TaskStatus(mark.value)
+    move = transition(campaign, task, o.status, status, by=who, reason=why)
+    settled = o.model_copy(
+        update={"status": status, "error_msg": f"{o.error_msg or ''} [review: {why}]".strip()}
+    )
+    _redis_call(url, lambda: store.replace_outcome(settled, move))
+    out.print(f"{task}: {o.status.value} → {status.value}")
 
 
 def _sigterm(signum: int, frame: FrameType | None) -> None:
@@ -551,9 +697,6 @@ def agents(
         out.print(table)
     except redis_mod.RedisError as e:
         _fail(f"cannot reach Redis at {redact_url(url)}: {e}", EXIT_ABORTED)
-
-
-RedisOpt = Annotated[str | None, typer.Option("--redis-url", help="Default: BUDDY_REDIS_URL.")]
 
 
 @app.command("lock")

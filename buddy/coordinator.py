@@ -19,17 +19,18 @@ Exit codes: 0 all succeeded, 1 finished with any other status, 3 aborted, 130 in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import secrets
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from celery import Celery, chord
+from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -37,6 +38,7 @@ from buddy.lifecycle import TaskLifecycle, Transition
 from buddy.models import (
     COORDINATOR_QUEUE,
     AgentAssignment,
+    AgentSpec,
     AgentSummary,
     CampaignInfo,
     CampaignStatus,
@@ -45,6 +47,7 @@ from buddy.models import (
     Outcome,
     Risk,
     RollbackEvent,
+    ScheduleAdjustment,
     StatusCounts,
     TaskSpec,
     TaskStatus,
@@ -94,6 +97,36 @@ def batch_size(n_tasks: int, slots: int, expected_s: float | None, fixed: int | 
     return max(1, min(MAX_BATCH, math.ceil(n_tasks / (max(1, slots) * 4))))
 
 
+def wave_deadline_s(
+    to_send: dict[str, list[PlannedTask]],
+    agents: list[AgentSpec],
+    registry: ToolRegistry,
+    margin_s: float = 60.0,
+) -> float:
+    """Seconds a wave may run before members without an outcome count as ``lost``.
+
+    Per agent: the sum of its tasks' worst case (a tool that states its duration: 4 × that
+    + 5 s; otherwise its timeout × attempts plus the retry backoff between them) divided by
+    the agent's concurrency; the slowest agent, plus ``margin_s``. ``--wave-timeout`` wins.
+    """
+    conc = {a.id: a.concurrency for a in agents}
+    worst = 0.0
+    for agent, pts in to_send.items():
+        total = 0.0
+        for pt in pts:
+            contract = registry.get(pt.task.tool)
+            if pt.expected_s is not None:
+                total += 4 * pt.expected_s + 5
+                continue
+            args = contract.parse_args(pt.task.args)
+            policy = contract.retry
+            total += contract.timeout_for(args) * policy.max_attempts + sum(
+                policy.delay_s(k) for k in range(1, policy.max_attempts)
+            )
+        worst = max(worst, total / conc.get(agent, 1))
+    return worst + margin_s
+
+
 class CampaignAborted(Exception):
     """Internal: a rule stopped the campaign; ``reason`` goes into the summary and report."""
 
@@ -102,12 +135,14 @@ class CampaignAborted(Exception):
         self.reason = reason
 
 
-@dataclass
-class CampaignOptions:
-    """How one campaign runs. Seconds for every ``*_s``."""
+class CampaignOptions(BaseModel):
+    """How one campaign runs (stored in Redis so ``buddy resume`` runs it the same way).
+
+    Seconds for every ``*_s``. ``wave_timeout_s`` overrides the computed wave deadline.
+    """
 
     mode: Mode = Mode.MOCK
-    workdir: Path = field(default_factory=Path.cwd)
+    workdir: Path = Field(default_factory=Path.cwd)
     out_dir: Path | None = None
     outputs_root: Path = Path("outputs")
     batch_size: int | None = None
@@ -118,12 +153,14 @@ class CampaignOptions:
     embedded: bool = False
     schedule_path: Path | None = None
     config_path: Path | None = None
-    escalation: EscalationPolicy = field(default_factory=EscalationPolicy)
+    escalation: EscalationPolicy = Field(default_factory=EscalationPolicy)
     approval_timeout_s: float = 600.0
     max_fail_percentage: float | None = None
     max_failures: int | None = None
     rollback_on_abort: bool = False
     rollback_scope: str = "wave"
+    wave_timeout_s: float | None = None
+    resume: bool = False
 
 
 class Coordinator:
@@ -155,6 +192,7 @@ class Coordinator:
         self.failures = 0
         self.aborted_wave: int | None = None
         self.rollbacks: list[RollbackEvent] = []
+        self.preexisting: set[str] = set()  # outcomes a resumed campaign already had
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -209,26 +247,48 @@ class Coordinator:
             embedded=self.opts.embedded,
             versions=_versions(),
         )
-        self.out.write_json(OutputWriter.CAMPAIGN, info)
-        self.store.create_campaign(
-            self.cid,
-            {
-                "status": "running",
-                "plan_digest": self.plan.digest,
-                "plan_path": str(self.plan.path),
-                "mode": self.opts.mode.value,
-                "waves": str(len(self.plan.waves)),
-                "tasks": str(len(self.plan.tasks)),
-                "out_dir": str(self.out.root),
-                "config": info.model_dump_json(),
-            },
-        )
-        for tid in self.plan.tasks:
-            self._move(tid, TaskStatus.VALIDATED, "plan validated")
+        fields = {
+            "status": "running",
+            "plan_digest": self.plan.digest,
+            "plan_path": str(self.plan.path),
+            "mode": self.opts.mode.value,
+            "strategy": self.plan.strategy.value,
+            "waves": str(len(self.plan.waves)),
+            "tasks": str(len(self.plan.tasks)),
+            "out_dir": str(self.out.root),
+            "config": info.model_dump_json(),
+            "options": self.opts.model_dump_json(exclude={"resume", "progress"}),
+        }
+        if self.opts.resume:
+            self._resume_state()
+            self.store.update_campaign(self.cid, status="running", resumed_at=utcnow().isoformat())
+            self.store.r.hdel(self.store.keys.campaign(self.cid), "abort_requested")
+        else:
+            self.out.write_json(OutputWriter.CAMPAIGN, info)
+            self.store.create_campaign(self.cid, fields)
+            for tid in self.plan.tasks:
+                self._move(tid, TaskStatus.VALIDATED, "plan validated")
         self.store.event(self.cid, "campaign_started", tasks=len(self.plan.tasks), mode=self.opts.mode.value)
         self.console.print(
             f"campaign [bold]{self.cid}[/]: {len(self.plan.tasks)} tasks in {len(self.plan.waves)} waves "
             f"on {len(self.plan.agents)} agents, mode [bold]{self.opts.mode.value}[/]"
+        )
+
+    def _resume_state(self) -> None:
+        """A resumed campaign: take the outcomes already in Redis as final, follow their states,
+        and rebuild the tool log from them (later waves append as usual)."""
+        self.outcomes = self.store.outcomes(self.cid)
+        self.preexisting = set(self.outcomes)
+        for tid in self.plan.tasks:
+            o = self.outcomes.get(tid)
+            self.lifecycle.state[tid] = o.status if o is not None else TaskStatus.VALIDATED
+        self.store.pop_transitions(self.cid)  # written by the coordinator that died, or lost with it
+        log = self.out.root / OutputWriter.TOOL_LOG
+        ordered = sorted(self.outcomes.values(), key=lambda o: (o.wave, o.task_id))
+        self.out.write_jsonl(log, (e for o in ordered for e in tool_log_entries(o)))
+        done = len(self.preexisting)
+        self.console.print(
+            f"resuming {self.cid}: {done} of {len(self.plan.tasks)} tasks already have an outcome"
         )
 
     def _agents_with_work(self, tasks: list[PlannedTask] | None = None) -> list[str]:
@@ -239,14 +299,83 @@ class Coordinator:
         return [a for a in agents if not self.store.live_workers(a)]
 
     def _wait_for_workers(self) -> None:
+        """Wait up to ``worker_wait_s`` for a live worker on every agent with work. Agents still
+        without one are reported and their tasks fail over; with no live agent at all, abort."""
         agents = self._agents_with_work()
         deadline = time.monotonic() + self.opts.worker_wait_s
         missing = self._missing_workers(agents)
         while missing and time.monotonic() < deadline:
             time.sleep(0.2)
             missing = self._missing_workers(agents)
-        if missing:
+        if not missing:
+            return
+        if not self._healthy_agents():
             raise CampaignAborted(_no_worker_message(missing, self.opts.worker_wait_s))
+        self.console.print(
+            f"[yellow]warning:[/] {_no_worker_message(missing, self.opts.worker_wait_s)}; "
+            "their tasks go to agents that have workers",
+            highlight=False,
+        )
+
+    def _healthy_agents(self) -> set[str]:
+        """Agents with a live worker whose workers do not report them degraded."""
+        out = set()
+        for a in self.plan.agents:
+            info = self.store.agent_info(a.id)
+            if info.live_workers and info.status != "degraded":
+                out.add(a.id)
+        return out
+
+    def _failover(self, n: int, to_send: dict[str, list[PlannedTask]]) -> dict[str, list[PlannedTask]]:
+        """Move tasks off agents with no live worker (or degraded) to healthy agents that offer
+        the tool, least loaded first; each move is a line of ``adjusted_schedule.jsonl``."""
+        healthy = self._healthy_agents()
+        if all(a in healthy for a in to_send):
+            return to_send
+        specs = {a.id: a for a in self.plan.agents}
+        load = {a: len(to_send.get(a, [])) / specs[a].concurrency for a in healthy}
+        out: dict[str, list[PlannedTask]] = defaultdict(list)
+        moves: list[ScheduleAdjustment] = []
+        for agent, pts in sorted(to_send.items()):
+            if agent in healthy:
+                out[agent].extend(pts)
+                continue
+            why = "no live worker" if not self.store.live_workers(agent) else "marked degraded"
+            for pt in pts:
+                candidates = sorted(
+                    (a for a in healthy if specs[a].offers(pt.task.tool)), key=lambda a: (load[a], a)
+                )
+                if not candidates:
+                    raise CampaignAborted(
+                        f"wave {n}: agent {agent} has {why} and no healthy agent offers {pt.task.tool} "
+                        f"(task {pt.task.task_id})"
+                    )
+                to = candidates[0]
+                load[to] += 1 / specs[to].concurrency
+                moved = dataclasses.replace(pt, agent=to)
+                self.plan.tasks[pt.task.task_id] = moved
+                out[to].append(moved)
+                moves.append(
+                    ScheduleAdjustment(
+                        task_id=pt.task.task_id,
+                        wave=n,
+                        from_agent=agent,
+                        to_agent=to,
+                        reason=f"agent {agent} has {why}",
+                    )
+                )
+        self.plan.waves[n] = [self.plan.tasks[pt.task.task_id] for pt in self.plan.waves[n]]
+        by_to: dict[str, list[ScheduleAdjustment]] = defaultdict(list)
+        for m in moves:
+            by_to[m.to_agent].append(m)
+        for to, rows in by_to.items():
+            self.out.write_jsonl(self.out.agent_dir(n, to) / OutputWriter.ADJUSTED, rows, append=True)
+        if moves:
+            self.console.print(
+                f"wave {n}: moved {len(moves)} task(s) off unhealthy agents (adjusted_schedule.jsonl)"
+            )
+            self.store.event(self.cid, "failover", wave=n, moved=len(moves))
+        return out
 
     def _run_wave(self, n: int, progress: Progress) -> None:
         tasks = self.plan.waves[n]
@@ -287,10 +416,14 @@ class Coordinator:
         closed = {o.task_id for o in pre}
         to_send: dict[str, list[PlannedTask]] = defaultdict(list)
         for pt in tasks:
-            tid = pt.task.task_id
-            if tid in gates and tid not in closed:
+            if pt.task.task_id in gates and pt.task.task_id not in closed:
                 to_send[pt.agent].append(pt)
-                self._move(tid, TaskStatus.QUEUED, f"wave {n} on {agent_queue(pt.agent)}", gates[tid].reason)
+        to_send = self._failover(n, to_send)
+        for agent, pts in to_send.items():
+            for pt in pts:
+                tid = pt.task.task_id
+                self._move(tid, TaskStatus.QUEUED, f"wave {n} on {agent_queue(agent)}", gates[tid].reason)
+        tasks = self.plan.waves[n]
         self._write_assignments(n, tasks, gates)
         sent = sum(len(v) for v in to_send.values())
         bar = progress.add_task("", total=len(tasks), wave=n, failed=0, running=0)
@@ -298,7 +431,9 @@ class Coordinator:
         if pre:
             self.store.record_outcomes(pre)
         if sent:
-            self._dispatch_and_wait(n, to_send, gates, bar, progress)
+            missing = self._dispatch_and_wait(n, to_send, gates, bar, progress)
+            if missing:
+                self._close_lost(n, missing, gates, bar, progress)
         got = self.store.outcomes(self.cid, ids)
         self.outcomes.update(got)
         wave_outcomes = [got[i] for i in ids if i in got]
@@ -418,7 +553,13 @@ class Coordinator:
         gates: dict[str, Gate],
         bar: Any,
         progress: Progress,
-    ) -> None:
+    ) -> set[str]:
+        """Send the wave as one chord and wait for it. Returns the ids of sent tasks that
+        have no outcome when the wave's deadline passed (empty when the wave completed).
+
+        Raises :class:`CampaignAborted` on an abort request (``buddy abort``) or an
+        infrastructure failure of the chord."""
+        token = secrets.token_hex(8)
         header = []
         for agent, pts in sorted(to_send.items()):
             slots = next((a.concurrency for a in self.plan.agents if a.id == agent), 1)
@@ -437,41 +578,83 @@ class Coordinator:
                     )
                 )
         body = self.app.signature(
-            WAVE_COMPLETE_TASK, kwargs={"campaign_id": self.cid, "wave": n}, queue=COORDINATOR_QUEUE
+            WAVE_COMPLETE_TASK,
+            kwargs={"campaign_id": self.cid, "wave": n, "token": token},
+            queue=COORDINATOR_QUEUE,
         )
+        sent_ids = [pt.task.task_id for pts in to_send.values() for pt in pts]
+        baseline = int(self.store.wave_counters(self.cid, n).get("done", 0))
         result = chord(header, app=self.app)(body)
+        deadline_s = self.opts.wave_timeout_s or wave_deadline_s(to_send, self.plan.agents, self.registry)
         self.store.update_campaign(self.cid, current_wave=n, chord_id=result.id)
         self.store.event(self.cid, "wave_dispatched", wave=n, messages=len(header), chord_id=result.id)
-        agents = sorted(to_send)
-        no_worker_since: dict[str, float] = {}
+        deadline = time.monotonic() + deadline_s
+        complete_since: float | None = None
         last_check = 0.0
         while True:
-            summary = self.store.wait_wave_done(self.cid, n, 0.2)
+            summary = self.store.wait_wave_done(self.cid, n, 0.2, token)
             c = self.store.wave_counters(self.cid, n)
+            done = int(c.get("done", 0))
             progress.update(
-                bar,
-                completed=int(c.get("done", 0)),
-                failed=int(c.get("failed", 0)),
-                running=max(0, int(c.get("running", 0))),
+                bar, completed=done, failed=int(c.get("failed", 0)), running=max(0, int(c.get("running", 0)))
             )
             if summary is not None:
-                return
+                return set()
             now = time.monotonic()
             if now - last_check < 1.0:
                 continue
             last_check = now
-            if result.failed():
+            if self.store.campaign(self.cid).get("abort_requested"):
                 raise CampaignAborted(
-                    f"wave {n}: the chord failed on an infrastructure fault: {result.result!r}"
+                    f"aborted by an operator: {self.store.campaign(self.cid)['abort_requested']}"
                 )
-            for a in agents:
-                if self.store.live_workers(a):
-                    no_worker_since.pop(a, None)
-                else:
-                    no_worker_since.setdefault(a, now)
-            gone = [a for a, t in no_worker_since.items() if now - t >= self.opts.worker_wait_s]
-            if gone:
-                raise CampaignAborted(f"wave {n}: " + _no_worker_message(gone, self.opts.worker_wait_s))
+            meta = self.app.backend.get_task_meta(result.id)
+            if meta.get("status") == "FAILURE":
+                raise CampaignAborted(
+                    f"wave {n}: the chord failed on an infrastructure fault: {meta.get('result')!r}"
+                )
+            if done - baseline >= len(sent_ids):
+                # every member reported but the body did not (revoked member, lost chord counter)
+                complete_since = complete_since or now
+                if now - complete_since >= 2.0:
+                    missing = set(sent_ids) - set(self.store.outcomes(self.cid, sent_ids))
+                    if not missing:
+                        self.store.event(self.cid, "wave_closed", wave=n, reason="body did not report")
+                        return set()
+            if now >= deadline:
+                missing = set(sent_ids) - set(self.store.outcomes(self.cid, sent_ids))
+                self.console.print(
+                    f"[yellow]wave {n}: deadline of {deadline_s:.0f} s passed with {len(missing)} task(s) "
+                    "without an outcome[/]"
+                )
+                self.store.event(self.cid, "wave_deadline", wave=n, missing=len(missing))
+                return missing
+
+    def _close_lost(
+        self, n: int, missing: set[str], gates: dict[str, Gate], bar: Any, progress: Progress
+    ) -> None:
+        """Members with no outcome past the deadline: send the idempotent ones (and any that ran
+        mock/dry_run) once more, to healthy agents; the rest, and any still missing, end ``lost``."""
+        again: dict[str, list[PlannedTask]] = defaultdict(list)
+        lost: list[PlannedTask] = []
+        for tid in sorted(missing):
+            pt = self.plan.tasks[tid]
+            contract = self.registry.get(pt.task.tool)
+            safe = gates[tid].mode is not Mode.LIVE or contract.is_idempotent(
+                contract.parse_args(pt.task.args)
+            )
+            (again[pt.agent].append(pt) if safe else lost.append(pt))
+        if again:
+            for pts in again.values():
+                for pt in pts:
+                    self._move(pt.task.task_id, TaskStatus.LOST, "no outcome by the wave deadline")
+                    self._move(pt.task.task_id, TaskStatus.QUEUED, "sent once more: the tool is idempotent")
+            still = self._dispatch_and_wait(n, self._failover(n, again), gates, bar, progress)
+            lost += [self.plan.tasks[t] for t in sorted(still)]
+        if lost:
+            self.store.record_outcomes(
+                [self._closed(pt, TaskStatus.LOST, "lost", "no outcome by the wave deadline") for pt in lost]
+            )
 
     # -- per task ------------------------------------------------------------------------
 
@@ -556,7 +739,8 @@ class Coordinator:
             by_agent[o.agent_id or "-"].append(o)
         for agent, rows in by_agent.items():
             self.out.write_jsonl(self.out.agent_dir(n, agent) / OutputWriter.EXECUTED, rows)
-        self.out.append_jsonl(OutputWriter.TOOL_LOG, (e for o in outcomes for e in tool_log_entries(o)))
+        new = [o for o in outcomes if o.task_id not in self.preexisting]
+        self.out.append_jsonl(OutputWriter.TOOL_LOG, (e for o in new for e in tool_log_entries(o)))
         self._flush_transitions()
         for o in outcomes:  # the workers moved these; follow them so later moves stay legal
             self.lifecycle.state[o.task_id] = o.status

@@ -17,9 +17,12 @@ Edges beyond the happy path, and why:
 - ``running → denied``: a worker policy (allow-list) refused the call.
 - ``running → needs_review``: an earlier attempt died mid-way and the tool is neither
   idempotent nor reversible.
-- ``queued → failed | needs_review``: a member the wave closed without an outcome.
+- ``queued | running → lost``: the wave's deadline passed with no outcome for the task;
+  ``lost → queued`` when it is sent once more (idempotent tools), ``lost → succeeded |
+  failed`` when an operator settles it (``buddy review``).
 - ``succeeded → rolled_back``: compensation after an abort (``--rollback-on-abort``).
 - ``needs_review → succeeded | failed | queued``: an operator's ``buddy review`` decision.
+- ``running → running`` does not exist: a redelivered attempt keeps the state it had.
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ LEGAL: dict[TaskStatus, frozenset[TaskStatus]] = {
     S.VALIDATED: frozenset({S.AWAITING_APPROVAL, S.QUEUED, S.SKIPPED, S.DENIED}),
     S.AWAITING_APPROVAL: frozenset({S.APPROVED, S.DENIED}),
     S.APPROVED: frozenset({S.QUEUED, S.SKIPPED}),
-    S.QUEUED: frozenset({S.RUNNING, S.SKIPPED, S.FAILED, S.NEEDS_REVIEW, S.DENIED}),
-    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.TIMED_OUT, S.DENIED, S.NEEDS_REVIEW, S.QUEUED}),
+    S.QUEUED: frozenset({S.RUNNING, S.SKIPPED, S.FAILED, S.NEEDS_REVIEW, S.DENIED, S.LOST}),
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.TIMED_OUT, S.DENIED, S.NEEDS_REVIEW, S.QUEUED, S.LOST}),
     S.SUCCEEDED: frozenset({S.ROLLED_BACK}),
     S.FAILED: frozenset({S.ROLLED_BACK}),
     S.TIMED_OUT: frozenset({S.ROLLED_BACK}),
@@ -48,6 +51,7 @@ LEGAL: dict[TaskStatus, frozenset[TaskStatus]] = {
     S.DENIED: frozenset(),
     S.SKIPPED: frozenset(),
     S.ROLLED_BACK: frozenset(),
+    S.LOST: frozenset({S.QUEUED, S.SUCCEEDED, S.FAILED}),
 }
 
 

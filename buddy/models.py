@@ -56,6 +56,7 @@ class TaskStatus(StrEnum):
     SKIPPED = "skipped"
     NEEDS_REVIEW = "needs_review"
     ROLLED_BACK = "rolled_back"
+    LOST = "lost"
 
     @property
     def is_final(self) -> bool:
@@ -71,6 +72,7 @@ FINAL_STATUSES = frozenset(
         TaskStatus.SKIPPED,
         TaskStatus.NEEDS_REVIEW,
         TaskStatus.ROLLED_BACK,
+        TaskStatus.LOST,
     }
 )
 
@@ -253,6 +255,17 @@ class ToolExecutionLogEntry(BaseModel):
     error_type: str | None = None
     error_msg: str | None = None
     worker: str | None = None
+
+
+class ScheduleAdjustment(BaseModel):
+    """One line of ``wave_<n>/agent_<id>/adjusted_schedule.jsonl``: a task moved between agents."""
+
+    task_id: str
+    wave: int
+    from_agent: str | None
+    to_agent: str
+    reason: str
+    at: datetime = Field(default_factory=utcnow)
 
 
 class AgentAssignment(BaseModel):

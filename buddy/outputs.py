@@ -22,6 +22,7 @@ class OutputWriter:
     TRANSITIONS = "state_transitions.jsonl"
     ROLLBACKS = "rollback_events.jsonl"
     ASSIGNMENTS = "agent_assignments.jsonl"
+    ADJUSTED = "adjusted_schedule.jsonl"
     EXECUTED = "executed_tasks.jsonl"
 
     def __init__(self, root: Path) -> None:

@@ -193,22 +193,33 @@ class Store:
         raw = self.r.hgetall(self.keys.wave(cid, n))
         return {_s(k) or "": _s(v) or "" for k, v in raw.items()}
 
-    def finish_wave(self, cid: str, summary: WaveSummary) -> None:
-        """Store the summary on the wave hash and wake the coordinator (RPUSH on ``:done``)."""
+    def finish_wave(self, cid: str, summary: WaveSummary, token: str = "") -> None:
+        """Store the summary on the wave hash and wake the coordinator (RPUSH on ``:done``).
+
+        ``token`` names the dispatch (chord) the summary belongs to, so a coordinator that
+        sent a wave again (resume, lost members) ignores the summary of an older chord.
+        """
         data = summary.model_dump_json()
         pipe = self.r.pipeline()
         pipe.hset(self.keys.wave(cid, summary.wave), mapping={"summary": data})
-        pipe.rpush(self.keys.wave_done(cid, summary.wave), data)
+        pipe.rpush(self.keys.wave_done(cid, summary.wave), f"{token} {data}")
         pipe.execute()
 
-    def wait_wave_done(self, cid: str, n: int, timeout_s: float) -> WaveSummary | None:
-        """Block up to ``timeout_s`` seconds (BLPOP) for the wave's summary; None on timeout."""
+    def wait_wave_done(self, cid: str, n: int, timeout_s: float, token: str = "") -> WaveSummary | None:
+        """Block up to ``timeout_s`` seconds (BLPOP) for the summary of dispatch ``token``;
+        None on timeout. Summaries of other dispatches are dropped."""
         got = self.r.blpop([self.keys.wave_done(cid, n)], timeout=max(timeout_s, 0.01))
         if got is None:
             return None
-        # leave it there for a second reader (status, resume)
-        self.r.rpush(self.keys.wave_done(cid, n), got[1])
-        return WaveSummary.model_validate_json(got[1])
+        raw = got[1].decode() if isinstance(got[1], bytes) else got[1]
+        their, _, data = raw.partition(" ")
+        if their != token:
+            return None
+        return WaveSummary.model_validate_json(data)
+
+    def request_abort(self, cid: str, reason: str) -> None:
+        """Ask the campaign's coordinator to stop (``buddy abort``): HSET ``abort_requested``."""
+        self.r.hset(self.keys.campaign(cid), "abort_requested", reason)
 
     # -- outcomes and claims -------------------------------------------------------------
 
@@ -351,6 +362,14 @@ class Store:
         pipe = self.r.pipeline(transaction=False)
         pipe.hset(self.keys.outcomes(outcome.campaign_id), outcome.task_id, outcome.model_dump_json())
         self.push_transitions(outcome.campaign_id, [move], pipe)
+        pipe.execute()
+
+    def forget_outcome(self, cid: str, task_id: str, move: Transition) -> None:
+        """Remove a task's outcome and claim (``buddy review --mark retry``) so it runs again."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hdel(self.keys.outcomes(cid), task_id)
+        pipe.delete(self.keys.claim(cid, task_id))
+        self.push_transitions(cid, [move], pipe)
         pipe.execute()
 
     def push_rollback_event(self, event: RollbackEvent) -> None:

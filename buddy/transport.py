@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import redis
 from celery import Celery
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from buddy.config import Settings, get_settings
 from buddy.models import COORDINATOR_QUEUE
@@ -41,9 +43,25 @@ def celery_url(url: str) -> str:
     return url
 
 
+#: How many times a Redis command is re-sent after a connection error, with exponential
+#: backoff capped at 1 s: rides out a Redis restart of about 20 s (an AOF reload).
+REDIS_RETRIES = 25
+
+
 def redis_client(url: str) -> redis.Redis:
-    """A redis-py client for ``url`` (``redis://``, ``rediss://`` or ``unix://``)."""
-    return redis.Redis.from_url(url, health_check_interval=30)
+    """A redis-py client for ``url`` (``redis://``, ``rediss://`` or ``unix://``).
+
+    Connection and timeout errors are retried (``REDIS_RETRIES`` times, backoff 0.05 s
+    doubling to 1 s) so a Redis restart is a pause, not a failure. A retried command may
+    have run once already: Buddy's writes are idempotent (``HSET`` of outcomes, claims) or
+    carry an owner id (lease acquire); wave counters may overcount, and are display only.
+    """
+    return redis.Redis.from_url(
+        url,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), REDIS_RETRIES),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
 
 
 def make_celery(url: str | None = None, settings: Settings | None = None) -> Celery:

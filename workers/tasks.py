@@ -12,11 +12,12 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Task
+from celery.signals import task_revoked
 
 from buddy.config import get_settings
 from buddy.execution import Executor
 from buddy.leases import LeaseManager
-from buddy.models import TaskSpec
+from buddy.models import Outcome, TaskSpec, TaskStatus, utcnow
 from buddy.monitor import summarize_wave
 from buddy.state import Store
 from buddy.tools.registry import default_registry
@@ -88,12 +89,14 @@ def execute_batch(
 
 
 @app.task(name=WAVE_COMPLETE_TASK, acks_late=True)
-def wave_complete(results: list[list[list[str]]], campaign_id: str, wave: int) -> dict[str, Any]:
+def wave_complete(
+    results: list[list[list[str]]], campaign_id: str, wave: int, token: str = ""
+) -> dict[str, Any]:
     """Chord body: summarize the wave from the outcomes in Redis and wake the coordinator."""
     ids = [pair[0] for batch in results for pair in batch]
     st = store()
     summary = summarize_wave(campaign_id, wave, st.outcomes(campaign_id, ids).values())
-    st.finish_wave(campaign_id, summary)
+    st.finish_wave(campaign_id, summary, token)
     return {"wave": wave, "total": summary.counts.total, "by_status": summary.counts.by_status}
 
 
@@ -102,3 +105,37 @@ def rollback(self: Task, campaign_id: str, task_id: str) -> dict[str, Any]:
     """Compensate one succeeded reversible task (a link of the rollback chain)."""
     event = executor(self.request.hostname or "worker").compensate(campaign_id, task_id)
     return event.model_dump(mode="json")
+
+
+@task_revoked.connect
+def _on_revoked(request: Any = None, terminated: bool = False, **_: Any) -> None:
+    """A revoked batch is an outcome, not a hang: its tasks without an outcome end ``failed``
+    (``error_type`` ``revoked``) so the coordinator can close the wave."""
+    if request is None or getattr(request, "name", None) != EXECUTE_TASK:
+        return
+    kwargs = request.kwargs or {}
+    cid, wave, agent = kwargs.get("campaign_id"), kwargs.get("wave"), kwargs.get("agent_id")
+    items = kwargs.get("items") or []
+    if not cid or not items:
+        return
+    st = store()
+    have = st.outcomes(cid, [i["task_id"] for i in items])
+    now = utcnow()
+    lost = [
+        Outcome(
+            task_id=i["task_id"],
+            campaign_id=cid,
+            agent_id=agent,
+            wave=wave,
+            status=TaskStatus.FAILED,
+            mode=i.get("mode", "mock"),
+            start_time=now,
+            end_time=now,
+            error_type="revoked",
+            error_msg="the Celery task was revoked" + (" and terminated" if terminated else ""),
+            tool=i.get("tool"),
+        )
+        for i in items
+        if i["task_id"] not in have
+    ]
+    st.record_outcomes(lost)

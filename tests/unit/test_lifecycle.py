@@ -47,9 +47,12 @@ def test_transition_record_serializes_with_from_and_to() -> None:
     assert type(t).model_validate_json(t.model_dump_json()) == t
 
 
-def test_final_states_only_lead_to_rollback() -> None:
-    for s in FINAL_STATUSES:
-        assert LEGAL[s] <= {S.ROLLED_BACK} or s is S.NEEDS_REVIEW
+def test_final_states_only_lead_to_rollback_or_an_operators_decision() -> None:
+    for s in FINAL_STATUSES - {S.NEEDS_REVIEW, S.LOST}:
+        assert LEGAL[s] <= {S.ROLLED_BACK}
+    # the two that wait for someone: settled by review, or sent once more
+    assert LEGAL[S.NEEDS_REVIEW] == {S.SUCCEEDED, S.FAILED, S.QUEUED}
+    assert LEGAL[S.LOST] == {S.SUCCEEDED, S.FAILED, S.QUEUED}
 
 
 @settings(max_examples=300, deadline=None)
