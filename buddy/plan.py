@@ -11,9 +11,10 @@ dispatched (DESIGN.md, "Validate the whole plan before the first dispatch") and 
 Waves
     A task with an explicit wave (schedule, else plan line) keeps it; it must be greater than
     the wave of each of its dependencies. Any other task goes in ``1 + max(wave of its
-    dependencies)``, or wave 1 without dependencies. Computed in one topological pass
-    (Kahn), O(tasks + dependencies); a cycle is reported as ``a -> b -> a``, each arrow
-    reading "depends on".
+    dependencies)``, or wave 1 without dependencies. Computed in topological order,
+    O(tasks + dependencies): plan order while every dependency comes before its dependent,
+    else Kahn's algorithm. A cycle is reported as ``a -> b -> a``, each arrow reading
+    "depends on", at the line of its first task in plan order.
 
 Assignment (:func:`assign_wave`, per wave)
     Pinned tasks keep their agent. An unpinned task goes only to an *eligible* agent, one
@@ -54,13 +55,15 @@ Assignment (:func:`assign_wave`, per wave)
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import heapq
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ValidationError
 
@@ -204,6 +207,24 @@ class _Errors:
         return bool(self.items)
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a plan is read.
+
+    Reading a plan allocates a few objects per line and frees almost none, which makes the
+    collector rescan the growing heap again and again (about half the time of a 100k-task
+    plan). Plan records hold no reference cycles, so nothing is lost by waiting; the
+    previous state is restored on the way out.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def cap_errors(errors: Sequence[str], limit: int = MAX_ERRORS) -> list[str]:
     """The first ``limit`` errors, then ``… and N more errors`` when there were more."""
     if len(errors) <= limit:
@@ -248,26 +269,28 @@ def _read(path: Path, what: str, errors: _Errors) -> bytes | None:
         return None
 
 
-def _json_lines(data: bytes, errors: _Errors) -> Iterable[tuple[int, dict[str, Any]]]:
-    """``(line number, object)`` of each JSON-object line; bad lines go to ``errors``."""
-    if data.startswith(_BOM):
-        data = data[len(_BOM) :]
-    for number, raw in enumerate(data.split(b"\n"), 1):
+def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """``(line number, stripped line)`` of each line that is not blank or a ``#`` comment."""
+    for number, raw in enumerate(data.removeprefix(_BOM).split(b"\n"), 1):
         text = raw.strip()
-        if not text or text.startswith(b"#"):
-            continue
-        try:
-            obj = _json_loads(text)
-        except json.JSONDecodeError as e:
-            errors.add(number, f"not valid JSON: {e.msg} (column {e.colno})")
-            continue
-        except (ValueError, RecursionError) as e:
-            errors.add(number, f"not valid JSON: {e}")
-            continue
-        if not isinstance(obj, dict):
-            errors.add(number, f"expected a JSON object, got {_json_type(obj)}")
-            continue
-        yield number, obj
+        if text and not text.startswith(b"#"):
+            yield number, text
+
+
+def _decode(text: bytes, number: int, errors: _Errors) -> dict[str, Any] | None:
+    """The JSON object on a line, or None after adding why it is not one to ``errors``."""
+    try:
+        obj = _json_loads(text)
+    except json.JSONDecodeError as e:
+        errors.add(number, f"not valid JSON: {e.msg} (column {e.colno})")
+        return None
+    except (ValueError, RecursionError) as e:
+        errors.add(number, f"not valid JSON: {e}")
+        return None
+    if not isinstance(obj, dict):
+        errors.add(number, f"expected a JSON object, got {_json_type(obj)}")
+        return None
+    return obj
 
 
 def _json_type(value: Any) -> str:
@@ -284,89 +307,178 @@ def _json_type(value: Any) -> str:
 
 @dataclass
 class _Parsed:
-    """What :func:`_parse_plan` learnt. ``tasks`` holds every line that is a valid PlanTask
-    with a new id, even when its tool or args are bad (so dependency checks still see it);
-    ``broken`` the ids of lines that are not (their dependents are not blamed again);
-    ``args`` / ``contracts`` exist only for tasks whose tool and args are valid."""
+    """What :func:`_parse_plan` learnt.
+
+    ``tasks`` holds every line that is a valid PlanTask with a new id, even when its tool or
+    args are bad, so the dependency checks still see it, and ``lines`` their line numbers
+    (same order); ``broken`` holds the ids of lines that are not (their dependents are not
+    blamed a second time). ``claims`` and ``expected`` are aligned with ``tasks``: the
+    task's claims and its tool's expected seconds, when a workdir was given and its tool,
+    args and claims are valid (``claims`` is None otherwise).
+    ``agent_pin`` / ``wave_pin`` hold the lines' own ``agent`` / ``wave`` (task id → value,
+    the errors of this file, line).
+    """
 
     tasks: list[PlanTask] = field(default_factory=list)
-    lines: dict[str, int] = field(default_factory=dict)
+    lines: dict[str, int] = field(default_factory=dict)  # same order as tasks
     broken: set[str] = field(default_factory=set)
-    args: dict[str, BaseModel] = field(default_factory=dict)
-    contracts: dict[str, ToolContract] = field(default_factory=dict)
+    claims: list[list[ResourceClaim] | None] = field(default_factory=list)
+    expected: list[float | None] = field(default_factory=list)
+    agent_pin: dict[str, tuple[str, _Errors, int]] = field(default_factory=dict)
+    wave_pin: dict[str, tuple[int, _Errors, int]] = field(default_factory=dict)
     data: bytes = b""
 
 
 def _parse_plan(
-    path: Path, registry: ToolRegistry, defaults: TaskDefaults | None, errors: _Errors
+    path: Path,
+    registry: ToolRegistry,
+    defaults: TaskDefaults | None,
+    errors: _Errors,
+    workdir: Path | None = None,
 ) -> _Parsed:
+    """Check each line of a plan alone (see :func:`load_plan`). With a ``workdir``, also ask
+    each task's tool for its resource claims and expected duration."""
     parsed = _Parsed()
     data = _read(path, "plan", errors)
     if data is None:
         return parsed
     parsed.data = data
-    seen: dict[str, int] = {}  # task id -> first line, valid or not
-    fill = (
-        (
-            ("priority", defaults.priority),
-            ("predicted_success", defaults.predicted_success),
-            ("confidence", defaults.confidence),
-        )
-        if defaults is not None
-        else ()
-    )
-    any_line = False
-    for number, obj in _json_lines(data, errors):
-        any_line = True
-        for key, value in fill:
-            if key not in obj:
-                obj[key] = value
-        try:
-            task: PlanTask | None = PlanTask.model_validate(obj, strict=True)
-        except ValidationError as e:
-            task = None
-            for msg in _field_errors(e):
-                errors.add(number, msg)
-        tid = task.task_id if task is not None else obj.get("task_id")
-        if isinstance(tid, str) and TASK_ID_RE.match(tid):
-            first = seen.get(tid)
-            if first is not None:
-                errors.add(number, f"duplicate task_id {tid!r} (first defined on line {first})")
-                continue
-            seen[tid] = number
-            if task is None:
-                parsed.broken.add(tid)
+    fill: dict[str, Any] = {}
+    if defaults is not None:
+        fill = {k: v for k, v in defaults.model_dump().items() if v != PlanTask.model_fields[k].default}
+    seen = parsed.lines  # task id -> first line, valid or not (broken ones leave at the end)
+    known: dict[str, ToolContract | None] = {}  # tool name -> contract (None: unknown)
+    tasks, claims_of, expected_of = parsed.tasks, parsed.claims, parsed.expected
+    from_json = PlanTask.__pydantic_validator__.validate_json  # model_validate_json minus a wrapper
+
+    def contract_of(tool: str, number: int) -> ToolContract | None:
+        if tool in known:
+            contract = known[tool]
         else:
-            tid = None
-        # the tool and its args are checked even when other fields are bad
-        tool = obj.get("tool")
-        args = obj.get("args", {})
-        if isinstance(tool, str) and tool:
-            contract = _tool(registry, tool, number, errors)
-            if contract is not None and isinstance(args, dict):
-                try:
-                    model = contract.parse_args(args)
-                except ValidationError as e:
-                    for msg in format_validation_error(e, prefix="args."):
-                        errors.add(number, msg)
-                else:
-                    if task is not None and tid is not None:
-                        parsed.args[tid] = model
-                        parsed.contracts[tid] = contract
-        if task is not None and tid is not None:
-            parsed.tasks.append(task)
-            parsed.lines[tid] = number
+            contract = known[tool] = registry.get(tool) if tool in registry else None
+        if contract is None:
+            names = ", ".join(registry.names()) or "(none registered)"
+            errors.add(number, f"unknown tool {tool!r}; known tools: {names}")
+        return contract
+
+    def args_of(contract: ToolContract, args: dict[str, Any], number: int) -> BaseModel | None:
+        try:
+            return contract.parse_args(args)
+        except ValidationError as e:
+            for msg in format_validation_error(e, prefix="args."):
+                errors.add(number, msg)
+            return None
+
+    any_line = False
+    for number, raw in enumerate(data.removeprefix(_BOM).split(b"\n"), 1):
+        text = raw.strip()
+        if not text or text.startswith(b"#"):
+            continue
+        any_line = True
+        task: PlanTask | None
+        try:  # the fast path: a good line straight from its bytes
+            task = from_json(text, strict=True)
+        except ValidationError:  # the slow path finds out what is wrong
+            task = _broken_line(text, number, fill, errors, parsed, contract_of, args_of)
+            if task is None:
+                continue
+        else:
+            if fill:
+                for key in fill.keys() - task.model_fields_set:
+                    setattr(task, key, fill[key])
+        tid = task.task_id
+        first = seen.get(tid)
+        if first is not None:
+            errors.add(number, f"duplicate task_id {tid!r} (first defined on line {first})")
+            contract = known.get(task.tool) or contract_of(task.tool, number)
+            if contract is not None:
+                args_of(contract, task.args, number)
+            continue
+        seen[tid] = number
+        tasks.append(task)
+        claims_of.append(None)
+        expected_of.append(None)
+        if task.agent is not None:
+            parsed.agent_pin[tid] = (task.agent, errors, number)
+        if task.wave is not None:
+            parsed.wave_pin[tid] = (task.wave, errors, number)
+        contract = known.get(task.tool) or contract_of(task.tool, number)
+        if contract is None:
+            continue
+        try:
+            model = contract.parse_args(task.args)
+        except ValidationError as e:
+            for msg in format_validation_error(e, prefix="args."):
+                errors.add(number, msg)
+            continue
+        if workdir is None:
+            continue
+        try:  # the tool's own code: a failure is reported, it does not crash validation
+            claims = contract.claims(model, workdir)
+            expected = contract.expected_duration_s(model)
+        except Exception as e:
+            errors.add(number, f"tool {task.tool!r} failed on these args: {type(e).__name__}: {e}")
+            continue
+        own = task.resources
+        if claims or len(own) > 1:
+            claims_of[-1] = _merge_claims(own, claims)
+        else:  # the usual case: nothing to merge, the line's own list serves (no copy)
+            claims_of[-1] = own
+        expected_of[-1] = None if expected is None else float(expected)
+    for tid in parsed.broken:
+        del seen[tid]
     if not any_line and not errors:
         errors.add(0, "plan has no tasks")
     return parsed
 
 
-def _tool(registry: ToolRegistry, name: str, line: int, errors: _Errors) -> ToolContract | None:
-    if name in registry:
-        return registry.get(name)
-    known = ", ".join(registry.names()) or "(none registered)"
-    errors.add(line, f"unknown tool {name!r}; known tools: {known}")
+def _broken_line(
+    text: bytes,
+    number: int,
+    fill: dict[str, Any],
+    errors: _Errors,
+    parsed: _Parsed,
+    contract_of: Callable[[str, int], ToolContract | None],
+    args_of: Callable[[ToolContract, dict[str, Any], int], BaseModel | None],
+) -> PlanTask | None:
+    """Say what is wrong with a line that is not a valid task, checking every field and,
+    when possible, its tool and args. Returns the task in the rare case the line is valid
+    after all (JSON-mode and Python-mode validation differ); otherwise records its task id
+    as ``broken`` (or reports it a duplicate) and returns None."""
+    obj = _decode(text, number, errors)
+    if obj is None:
+        return None
+    for key, value in fill.items():
+        obj.setdefault(key, value)
+    try:
+        return PlanTask.model_validate(obj, strict=True)
+    except ValidationError as e:
+        for msg in _field_errors(e):
+            errors.add(number, msg)
+    tid = obj.get("task_id")
+    if isinstance(tid, str) and TASK_ID_RE.match(tid):
+        first = parsed.lines.get(tid)
+        if first is not None:
+            errors.add(number, f"duplicate task_id {tid!r} (first defined on line {first})")
+        else:
+            parsed.lines[tid] = number
+            parsed.broken.add(tid)
+    tool, args = obj.get("tool"), obj.get("args", {})
+    if isinstance(tool, str) and tool:  # the tool and its args are checked all the same
+        contract = contract_of(tool, number)
+        if contract is not None and isinstance(args, dict):
+            args_of(contract, args, number)
     return None
+
+
+def _merge_claims(first: Iterable[ResourceClaim], second: Iterable[ResourceClaim]) -> list[ResourceClaim]:
+    """The claims of both, one per resource name in first-seen order; ``write`` wins."""
+    out: dict[str, ResourceClaim] = {}
+    for claim in (*first, *second):
+        old = out.get(claim.name)
+        if old is None or (old.mode == "read" and claim.mode == "write"):
+            out[claim.name] = claim
+    return list(out.values())
 
 
 def load_plan(
@@ -383,7 +495,8 @@ def load_plan(
     :func:`build_plan`.
     """
     errors = _Errors(path)
-    parsed = _parse_plan(Path(path), registry, defaults, errors)
+    with _gc_paused():
+        parsed = _parse_plan(Path(path), registry, defaults, errors)
     return parsed.tasks, parsed.lines, errors.sorted()
 
 
@@ -393,7 +506,10 @@ def _parse_schedule(path: Path, errors: _Errors) -> tuple[list[tuple[int, Schedu
         return [], b""
     entries: list[tuple[int, ScheduleEntry]] = []
     seen: dict[str, int] = {}
-    for number, obj in _json_lines(data, errors):
+    for number, text in _lines(data):
+        obj = _decode(text, number, errors)
+        if obj is None:
+            continue
         try:
             entry = ScheduleEntry.model_validate(obj, strict=True)
         except ValidationError as e:
@@ -429,60 +545,85 @@ def _layer(
     broken: set[str],
     plan_errors: _Errors,
     lines: dict[str, int],
-) -> dict[str, int]:
+) -> list[int]:
     """Wave of each task (see the module docstring); errors for bad dependencies and cycles.
 
-    ``explicit`` maps task id → (wave, file, line that set it). Tasks in or behind a cycle
-    get no wave.
+    ``lines`` maps the id of each of ``tasks`` to its line, in the same order.
+    ``explicit`` maps task id → (wave, file, line that set it). Returns the waves aligned
+    with ``tasks``; a task in or behind a cycle gets 0.
+
+    Plan order is used as the topological order while every dependency comes before its
+    dependent (the usual case: one pass); the first forward reference switches to Kahn's
+    algorithm over the whole graph. Both are O(tasks + dependencies).
     """
     n = len(tasks)
-    index = {t.task_id: i for i, t in enumerate(tasks)}
-    deps: list[list[int]] = [[] for _ in range(n)]
-    dependents: list[list[int]] = [[] for _ in range(n)]
-    for i, t in enumerate(tasks):
-        line = lines[t.task_id]
-        mine = deps[i]
-        for dep in dict.fromkeys(t.depends_on):
-            j = index.get(dep)
-            if j is None:
-                if dep not in broken:
-                    plan_errors.add(line, f"task {t.task_id!r} depends on unknown task {dep!r}")
-            elif j == i:
-                plan_errors.add(line, f"task {t.task_id!r} depends on itself")
-            else:
-                mine.append(j)
-                dependents[j].append(i)
-    indegree = [len(d) for d in deps]
+    index = dict(zip(lines, range(n), strict=True))  # lines is in the order of tasks
+    pins = [explicit.get(tid) for tid in lines] if explicit else [None] * n
+    no_deps: list[int] = []  # shared by every task without dependencies; never appended to
+    deps: list[list[int]] = [no_deps] * n
     wave = [0] * n
-    order = [i for i in range(n) if indegree[i] == 0]
-    for i in order:  # grows while we walk it: Kahn's queue
+    in_order = True  # so far every dependency came before its dependent
+    for i, t in enumerate(tasks):
+        named = t.depends_on
         best = 0
-        top = -1
-        for j in deps[i]:
-            if wave[j] > best:
-                best, top = wave[j], j
-        tid = tasks[i].task_id
-        pin = explicit.get(tid)
-        if pin is None:
-            wave[i] = best + 1
-        else:
-            wave[i], where, line = pin
-            if wave[i] <= best:
-                where.add(
-                    line,
-                    f"task {tid!r}: explicit wave {wave[i]} is not after wave {best} of its "
-                    f"dependency {tasks[top].task_id!r}",
-                )
-        for k in dependents[i]:
-            indegree[k] -= 1
-            if indegree[k] == 0:
-                order.append(k)
-    if len(order) < n:
-        rest = [i for i in range(n) if indegree[i] > 0]
-        for cycle in _cycles(rest, deps, set(rest)):
-            names = [tasks[i].task_id for i in cycle]
-            plan_errors.add(lines[names[0]], "dependency cycle: " + " -> ".join([*names, names[0]]))
-    return {tasks[i].task_id: wave[i] for i in order}
+        if named:
+            mine: list[int] = []
+            deps[i] = mine
+            for dep in dict.fromkeys(named) if len(named) > 1 else named:
+                j = index.get(dep)
+                if j is None:
+                    if dep not in broken:
+                        plan_errors.add(
+                            lines[t.task_id], f"task {t.task_id!r} depends on unknown task {dep!r}"
+                        )
+                elif j == i:
+                    plan_errors.add(lines[t.task_id], f"task {t.task_id!r} depends on itself")
+                else:
+                    mine.append(j)
+                    if j > i:
+                        in_order = False
+                    elif wave[j] > best:
+                        best = wave[j]
+        if in_order:
+            pin = pins[i]
+            wave[i] = best + 1 if pin is None else pin[0]
+    if not in_order:
+        dependents: list[list[int]] = [[] for _ in range(n)]
+        for i, mine in enumerate(deps):
+            for j in mine:
+                dependents[j].append(i)
+        indegree = [len(d) for d in deps]
+        highest = [0] * n  # the highest wave among a task's settled dependencies
+        order = [i for i in range(n) if not indegree[i]]
+        for i in order:  # grows while we walk it: Kahn's queue
+            pin = pins[i]
+            w = wave[i] = highest[i] + 1 if pin is None else pin[0]
+            for k in dependents[i]:
+                if w > highest[k]:
+                    highest[k] = w
+                indegree[k] -= 1
+                if not indegree[k]:
+                    order.append(k)
+        if len(order) < n:
+            rest = [i for i in range(n) if indegree[i]]
+            for i in rest:
+                wave[i] = 0
+            for cycle in _cycles(rest, deps, set(rest)):
+                names = [tasks[i].task_id for i in cycle]
+                plan_errors.add(lines[names[0]], "dependency cycle: " + " -> ".join([*names, names[0]]))
+    for i, pin in enumerate(pins if explicit else ()):
+        if pin is None or not wave[i] or not deps[i]:  # not explicit, in a cycle, no deps
+            continue
+        best = max([wave[j] for j in deps[i]])
+        w, where, line = pin
+        if w <= best:
+            top = next(j for j in deps[i] if wave[j] == best)
+            where.add(
+                line,
+                f"task {tasks[i].task_id!r}: explicit wave {w} is not after wave {best} of its "
+                f"dependency {tasks[top].task_id!r}",
+            )
+    return wave
 
 
 def _cycles(nodes: list[int], deps: list[list[int]], alive: set[int]) -> list[list[int]]:
@@ -612,9 +753,10 @@ def assign_wave(
 ) -> list[PlannedTask]:
     """Assign the tasks of one wave to ``agents`` by ``strategy`` (module docstring).
 
-    ``tasks`` are the wave's tasks in plan order; a pinned one keeps its ``agent``, the
-    ``agent`` of the others is ignored. ``weights`` are the ``confidence`` strategy's agent
-    weights (absent: 1.0). Loads start at zero: each wave is balanced on its own.
+    ``tasks`` are the wave's tasks, in any order (plan order is taken from their ``line``);
+    a pinned one keeps its ``agent``, the ``agent`` of the others is ignored. ``weights``
+    are the ``confidence`` strategy's agent weights (absent: 1.0). Loads start at zero:
+    each wave is balanced on its own.
     Returns new :class:`PlannedTask` objects with ``agent`` set, in dispatch order.
 
     Raises :class:`PlanError` (``source:LINE: message``, ``source`` naming the plan file)
@@ -622,6 +764,7 @@ def assign_wave(
     tool; :func:`build_plan` checks both first, so it is an optimizer's failover that can
     meet them.
     """
+    tasks = sorted(tasks, key=lambda pt: pt.line)
     order, chosen = _choose(
         [pt.task for pt in tasks],
         [pt.agent if pt.pinned else None for pt in tasks],
@@ -682,9 +825,14 @@ def _choose(
     order: list[int]  # dispatch order
     if strategy == Strategy.ROUND_ROBIN:
         cursor, m = 0, len(agents)
-        allowed_by_tool = {tool: set(g) for tool, g in groups.items()}
+        # None: every agent offers the tool, so the cursor's agent takes the task
+        allowed_by_tool = {tool: None if len(g) == m else set(g) for tool, g in groups.items()}
         for k in free:
             allowed = allowed_by_tool[tasks[k].tool]
+            if allowed is None:
+                chosen[k] = cursor
+                cursor = cursor + 1 if cursor + 1 < m else 0
+                continue
             for step in range(m):
                 i = (cursor + step) % m
                 if i in allowed:
@@ -735,15 +883,6 @@ def _choose(
 # -- the whole plan --------------------------------------------------------------------------
 
 
-def _merge_claims(first: Iterable[ResourceClaim], second: Iterable[ResourceClaim]) -> list[ResourceClaim]:
-    out: dict[str, ResourceClaim] = {}
-    for claim in (*first, *second):
-        old = out.get(claim.name)
-        if old is None or (old.mode == "read" and claim.mode == "write"):
-            out[claim.name] = claim
-    return list(out.values())
-
-
 def build_plan(
     plan_path: Path,
     registry: ToolRegistry,
@@ -768,26 +907,43 @@ def build_plan(
     their dependencies; pins to missing agents or agents without the tool; tools no agent
     offers; schedule lines naming unknown tasks or a task twice; an empty or unreadable file.
     """
-    plan_path = Path(plan_path)
+    with _gc_paused():
+        return _build(
+            Path(plan_path),
+            registry,
+            agents,
+            strategy,
+            None if schedule_path is None else Path(schedule_path),
+            defaults,
+            Path.cwd() if workdir is None else Path(workdir),
+            dict(agent_weights or {}),
+        )
+
+
+def _build(
+    plan_path: Path,
+    registry: ToolRegistry,
+    agents: list[AgentSpec],
+    strategy: Strategy,
+    schedule_path: Path | None,
+    defaults: TaskDefaults | None,
+    workdir: Path,
+    weights: dict[str, float],
+) -> CampaignPlan:
     plan_errors = _Errors(plan_path)
-    parsed = _parse_plan(plan_path, registry, defaults, plan_errors)
+    parsed = _parse_plan(plan_path, registry, defaults, plan_errors, workdir)
     sched_errors = _Errors(schedule_path if schedule_path is not None else "schedule")
     entries: list[tuple[int, ScheduleEntry]] = []
     sched_data = b""
     if schedule_path is not None:
-        entries, sched_data = _parse_schedule(Path(schedule_path), sched_errors)
-
+        entries, sched_data = _parse_schedule(schedule_path, sched_errors)
     lines = parsed.lines
-    by_id = {t.task_id: t for t in parsed.tasks}
-    agent_pin: dict[str, tuple[str, _Errors, int]] = {}
-    wave_pin: dict[str, tuple[int, _Errors, int]] = {}
-    for t in parsed.tasks:
-        if t.agent is not None:
-            agent_pin[t.task_id] = (t.agent, plan_errors, lines[t.task_id])
-        if t.wave is not None:
-            wave_pin[t.task_id] = (t.wave, plan_errors, lines[t.task_id])
+
+    # pins: task id -> (agent or wave, the file and line that set it); the schedule wins
+    agent_pin = parsed.agent_pin
+    wave_pin = parsed.wave_pin
     for number, entry in entries:
-        if entry.task_id not in by_id:
+        if entry.task_id not in lines:
             if entry.task_id not in parsed.broken:
                 sched_errors.add(number, f"unknown task_id {entry.task_id!r} (not in {plan_path})")
             continue
@@ -796,107 +952,106 @@ def build_plan(
         if entry.wave is not None:
             wave_pin[entry.task_id] = (entry.wave, sched_errors, number)
 
-    agent_ids = [a.id for a in agents]
-    agents_by_id = {a.id: a for a in agents}
-    if len(agents_by_id) != len(agents):
-        twice = sorted({a for a in agent_ids if agent_ids.count(a) > 1})
+    _check_agents(parsed.tasks, lines, agents, agent_pin, set(registry.names()), plan_errors)
+    waves = _layer(parsed.tasks, wave_pin, parsed.broken, plan_errors, lines)
+    if plan_errors or sched_errors:
+        raise PlanError(cap_errors(plan_errors.sorted() + sched_errors.sorted()))
+
+    # per wave, parallel lists in plan order: plan index, pinned agent, expected seconds
+    by_wave: dict[int, tuple[list[int], list[str | None], list[float | None]]] = {}
+    claims_of = cast("list[list[ResourceClaim]]", parsed.claims)  # all set: there were no errors
+    expected_of = parsed.expected
+    tasks = parsed.tasks
+    for i, (t, wave) in enumerate(zip(tasks, waves, strict=True)):
+        group = by_wave.get(wave)
+        if group is None:
+            group = by_wave[wave] = ([], [], [])
+        group[0].append(i)
+        pin = agent_pin.get(t.task_id) if agent_pin else None
+        group[1].append(None if pin is None else pin[0])
+        group[2].append(expected_of[i])
+    line_list = list(lines.values())
+    source = str(plan_path)
+    assigned: dict[int, list[PlannedTask]] = {}
+    placed: list[PlannedTask | None] = [None] * len(tasks)
+    for number in sorted(by_wave):
+        where, pins, expected_s = by_wave[number]
+        wave_tasks = [tasks[i] for i in where]
+        line_of = [line_list[i] for i in where]
+        order, chosen = _choose(wave_tasks, pins, expected_s, line_of, agents, strategy, weights, source)
+        out = assigned[number] = []
+        for k in order:
+            t = wave_tasks[k]
+            pt = PlannedTask(
+                t,
+                line_of[k],
+                number,
+                agents[chosen[k]].id,
+                pins[k] is not None,
+                claims_of[where[k]],
+                expected_s[k],
+            )
+            out.append(pt)
+            placed[where[k]] = pt
+    return CampaignPlan(
+        path=plan_path,
+        digest=hashlib.sha256(parsed.data + sched_data).hexdigest(),
+        tasks=dict(zip(lines, cast("list[PlannedTask]", placed), strict=True)),
+        waves=assigned,
+        agents=list(agents),
+        strategy=strategy,
+        schedule_path=schedule_path,
+        agent_weights=weights,
+    )
+
+
+def _check_agents(
+    tasks: list[PlanTask],
+    lines: dict[str, int],
+    agents: list[AgentSpec],
+    agent_pin: dict[str, tuple[str, _Errors, int]],
+    known_tools: set[str],
+    plan_errors: _Errors,
+) -> None:
+    """Errors for pins to missing agents or agents without the task's tool, and for tools
+    of unpinned tasks that no agent offers (one error per tool, at its first task)."""
+    ids = [a.id for a in agents]
+    by_id = {a.id: a for a in agents}
+    if len(by_id) != len(agents):
+        twice = sorted({a for a in ids if ids.count(a) > 1})
         plan_errors.add(0, f"agent id(s) listed twice: {', '.join(twice)}")
     if not agents:
         plan_errors.add(0, "no agents to run the plan")
-    listed = ", ".join(agent_ids) or "(none)"
-    no_agent: dict[str, list[str]] = {}  # tool -> unpinned tasks that nobody can run
-    offered: dict[str, bool] = {}
-    for t in parsed.tasks:
-        tid = t.task_id
-        known_tool = tid in parsed.contracts
-        pin = agent_pin.get(tid)
+        return
+    listed = ", ".join(ids)
+    offered: dict[str, bool] = {}  # tool -> does some agent offer it
+    no_agent: dict[str, list[str]] = {}  # tool -> unpinned tasks that no agent can run
+    for t in tasks:
+        tool = t.tool
+        pin = agent_pin.get(t.task_id) if agent_pin else None
         if pin is not None:
             name, where, number = pin
-            spec = agents_by_id.get(name)
+            spec = by_id.get(name)
             if spec is None:
-                where.add(number, f"task {tid!r}: agent {name!r} does not exist; agents: {listed}")
-            elif known_tool and not spec.offers(t.tool):
+                where.add(number, f"task {t.task_id!r}: agent {name!r} does not exist; agents: {listed}")
+            elif tool in known_tools and not spec.offers(tool):
                 where.add(
                     number,
-                    f"task {tid!r}: agent {name!r} does not offer tool {t.tool!r}; "
+                    f"task {t.task_id!r}: agent {name!r} does not offer tool {tool!r}; "
                     f"it offers: {', '.join(spec.tools or []) or 'nothing'}",
                 )
-        elif known_tool and agents:
-            ok = offered.get(t.tool)
-            if ok is None:
-                ok = offered[t.tool] = any(a.offers(t.tool) for a in agents)
-            if not ok:
-                no_agent.setdefault(t.tool, []).append(tid)
+            continue
+        ok = offered.get(tool)
+        if ok is None:
+            ok = offered[tool] = tool not in known_tools or any(a.offers(tool) for a in agents)
+        if not ok:
+            no_agent.setdefault(tool, []).append(t.task_id)
     for tool, tids in no_agent.items():
         offers = "; ".join(f"{a.id} offers {', '.join(a.tools or []) or 'nothing'}" for a in agents)
         more = f" (and {len(tids) - 1} more task{'s' if len(tids) > 2 else ''})" if len(tids) > 1 else ""
         plan_errors.add(
             lines[tids[0]], f"no agent offers tool {tool!r}, needed by task {tids[0]!r}{more}; {offers}"
         )
-
-    waves = _layer(parsed.tasks, wave_pin, parsed.broken, plan_errors, lines)
-
-    base = Path.cwd() if workdir is None else Path(workdir)
-    # per wave, in plan order: (task, claims, expected seconds, pinned agent)
-    by_wave: dict[int, list[tuple[PlanTask, list[ResourceClaim], float | None, str | None]]] = {}
-    for t in parsed.tasks:
-        tid = t.task_id
-        contract = parsed.contracts.get(tid)
-        wave = waves.get(tid)
-        if contract is None or wave is None:
-            continue
-        args = parsed.args[tid]
-        try:
-            extra = contract.claims(args, base)
-            expected = contract.expected_duration_s(args)
-        except Exception as e:  # a tool's own code: report it, do not crash validation
-            plan_errors.add(lines[tid], f"tool {t.tool!r} failed on these args: {type(e).__name__}: {e}")
-            continue
-        claims = _merge_claims(t.resources, extra) if extra or len(t.resources) > 1 else list(t.resources)
-        pin = agent_pin.get(tid)
-        by_wave.setdefault(wave, []).append(
-            (t, claims, None if expected is None else float(expected), pin[0] if pin else None)
-        )
-
-    if plan_errors or sched_errors:
-        raise PlanError(cap_errors(plan_errors.sorted() + sched_errors.sorted()))
-
-    weights = dict(agent_weights or {})
-    source = str(plan_path)
-    assigned: dict[int, list[PlannedTask]] = {}
-    final: dict[str, PlannedTask] = {}
-    for number in sorted(by_wave):
-        rows = by_wave[number]
-        wave_tasks = [r[0] for r in rows]
-        pins = [r[3] for r in rows]
-        order, chosen = _choose(
-            wave_tasks,
-            pins,
-            [r[2] for r in rows],
-            [lines[t.task_id] for t in wave_tasks],
-            agents,
-            strategy,
-            weights,
-            source,
-        )
-        out = assigned[number] = []
-        for k in order:
-            t, claims, expected, pinned_to = rows[k]
-            pt = PlannedTask(
-                t, lines[t.task_id], number, agents[chosen[k]].id, pinned_to is not None, claims, expected
-            )
-            out.append(pt)
-            final[t.task_id] = pt
-    return CampaignPlan(
-        path=plan_path,
-        digest=hashlib.sha256(parsed.data + sched_data).hexdigest(),
-        tasks={t.task_id: final[t.task_id] for t in parsed.tasks},
-        waves=assigned,
-        agents=list(agents),
-        strategy=strategy,
-        schedule_path=Path(schedule_path) if schedule_path is not None else None,
-        agent_weights=weights,
-    )
 
 
 def summary_table(plan: CampaignPlan) -> list[list[str]]:
@@ -906,6 +1061,7 @@ def summary_table(plan: CampaignPlan) -> list[list[str]]:
     (``[wave, tasks on each agent…, tasks in the wave]``); the last row is ``["total", …]``.
     """
     ids = [a.id for a in plan.agents]
+    ids += sorted({pt.agent for pt in plan.tasks.values()} - set(ids))  # after a reassignment
     column = {aid: i for i, aid in enumerate(ids)}
     rows = [["wave", *ids, "total"]]
     totals = [0] * len(ids)

@@ -17,6 +17,8 @@ Configuration and where each comes from (Celery settings):
   message after it, so it must outlast the longest batch.
 - ``task_default_queue`` ``buddy.coordinator``: chord bodies and anything unrouted.
 - task events on, so Flower shows the fleet.
+- ``result_backend_always_retry``: a result write during a Redis restart is retried (up to
+  30 times) instead of failing the task, and so the chord.
 """
 
 from __future__ import annotations
@@ -82,6 +84,9 @@ def make_celery(url: str | None = None, settings: Settings | None = None) -> Cel
         broker_transport_options=transport_opts,
         result_backend_transport_options=transport_opts,
         broker_connection_retry_on_startup=True,
+        # a Redis restart must not fail a chord: result writes are retried, not dropped
+        result_backend_always_retry=True,
+        result_backend_max_retries=30,
         task_default_queue=COORDINATOR_QUEUE,
         result_expires=settings.result_expires_s,
         worker_send_task_events=True,

@@ -123,13 +123,20 @@ def test_start_wave_sets_counters_and_current_wave(store: Store) -> None:
     assert store.wave_counters(CID, 3) == {}
 
 
-def test_finish_wave_and_wait_returns_summary_to_every_reader(store: Store) -> None:
+def test_finish_wave_wakes_the_waiter_of_its_own_dispatch(store: Store) -> None:
     s = summary(wave=1)
-    store.finish_wave(CID, s)
-    assert store.wait_wave_done(CID, 1, timeout_s=1.0) == s
-    # a second reader (status, resume) gets it too
-    assert store.wait_wave_done(CID, 1, timeout_s=1.0) == s
+    store.finish_wave(CID, s, "tok-1")
+    assert store.wait_wave_done(CID, 1, timeout_s=1.0, token="tok-1") == s
+    # the wave hash keeps the summary for other readers (buddy status)
     assert WaveSummary.model_validate_json(store.wave_counters(CID, 1)["summary"]) == s
+
+
+def test_a_stale_dispatchs_summary_is_ignored(store: Store) -> None:
+    # a resumed or re-sent wave must not be closed by the chord of an earlier dispatch
+    store.finish_wave(CID, summary(wave=1), "old")
+    store.finish_wave(CID, summary(wave=1), "new")
+    assert store.wait_wave_done(CID, 1, timeout_s=0.2, token="new") is None  # pops "old", drops it
+    assert store.wait_wave_done(CID, 1, timeout_s=0.2, token="new") == summary(wave=1)
 
 
 def test_wait_wave_done_times_out_quickly(store: Store) -> None:
