@@ -14,7 +14,9 @@ Configuration and where each comes from (Celery settings):
   batches spread over workers.
 - ``broker_transport_options`` / ``result_backend_transport_options``
   ``visibility_timeout``: ``BUDDY_VISIBILITY_TIMEOUT_S``; Redis redelivers an unacked
-  message after it, so it must outlast the longest batch.
+  message after it, so it must outlast the longest batch (a longer batch is run twice,
+  and Buddy's claims make the second delivery wait for the first). kombu's sweep for
+  such messages runs every tenth of it (``unacked_restore_interval``, throttle 1).
 - ``task_default_queue`` ``buddy.coordinator``: chord bodies and anything unrouted.
 - task events on, so Flower shows the fleet.
 - ``result_backend_always_retry``: a result write during a Redis restart is retried (up to
@@ -72,7 +74,16 @@ def make_celery(url: str | None = None, settings: Settings | None = None) -> Cel
     url = url or settings.redis_url or DEFAULT_REDIS_URL
     curl = celery_url(url)
     app = Celery("buddy", broker=curl, backend=curl, set_as_current=False)
-    transport_opts = {"visibility_timeout": settings.visibility_timeout_s}
+    vt = settings.visibility_timeout_s
+    transport_opts = {
+        "visibility_timeout": vt,
+        # kombu sweeps for unacked messages past the visibility timeout every
+        # interval x throttle seconds (10 x 10 by default): a message of a killed worker
+        # would wait up to 100 s beyond its timeout. Sweep every tenth of the timeout
+        # (1-10 s), each sweep one ZRANGE on the unacked index.
+        "unacked_restore_interval": max(1, min(10, vt // 10)),
+        "unacked_restore_throttle": 1,
+    }
     app.conf.update(
         task_serializer="json",
         result_serializer="json",

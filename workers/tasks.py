@@ -45,7 +45,9 @@ def executor(hostname: str) -> Executor:
         st,
         default_registry(s.tools),
         worker=f"{hostname}:{os.getpid()}",
-        claim_ttl_s=s.visibility_timeout_s,
+        # a claim must outlive every redelivery of its message, or a task killed mid-effect
+        # would look unstarted: keep it as long as results
+        claim_ttl_s=max(s.result_expires_s, 4 * s.visibility_timeout_s),
         leases=LeaseManager(st.r, ttl_s=s.lease_ttl_s, wait_s=s.lease_wait_s),
         stale_s=s.heartbeat_stale_s,
         renew_s=s.heartbeat_interval_s,
