@@ -6,13 +6,14 @@ STAMP  := $(VENV)/.installed
 SRC    := buddy workers tests examples
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install demo test lint fmt clean distclean
+.PHONY: help venv install browser demo test lint fmt clean distclean
 
 help:
 	@echo "make demo       install, then a live campaign on stdlib files, checked against reality"
 	@echo "make test       install, then ruff, mypy and pytest"
 	@echo "make lint       ruff check + ruff format --check + mypy"
 	@echo "make fmt        ruff format + ruff check --fix"
+	@echo "make browser    headless Chromium for the Flower dashboard test (apt-get, as root or CI=true)"
 	@echo "make venv       create $(VENV) and pip install -e '.[dev]' (again when pyproject.toml changes)"
 	@echo "make clean      remove caches, .demo/ and outputs/ (distclean: also $(VENV))"
 
@@ -30,11 +31,30 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	@touch $@
 
+# Debian's chromium for tests/integration/test_flower.py's dashboard screenshot. Installed when
+# missing and we are root (or CI=true with passwordless sudo); never fails the build: without it
+# the test is skipped with the reason on a laptop and fails under CI=true.
+APT_CHROMIUM := apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+		echo "browser: $$(command -v chromium || command -v chromium-browser)"; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "browser: no chromium and no apt-get: the Flower screenshot test will be skipped (fails if CI=true)"; \
+	elif [ "$$(id -u)" = "0" ]; then \
+		echo "browser: installing Debian's chromium (for the Flower screenshot test)"; \
+		sh -c '$(APT_CHROMIUM)' >/dev/null || echo "browser: apt-get failed; the screenshot test will say so"; \
+	elif [ "$$CI" = "true" ] && sudo -n true 2>/dev/null; then \
+		echo "browser: installing Debian's chromium with sudo (CI=true)"; \
+		sudo -n sh -c '$(APT_CHROMIUM)' >/dev/null || echo "browser: apt-get failed; the screenshot test will say so"; \
+	else \
+		echo "browser: no chromium and not root: the Flower screenshot test will be skipped (run 'sudo make browser')"; \
+	fi
+
 demo: install
 	$(BIN)/python examples/demo.py
 	@echo "demo outputs: .demo/out (report: .demo/out/report.md, manifest: .demo/manifest.json)"
 
-test: install
+test: install browser
 	$(BIN)/ruff check buddy workers tests
 	$(BIN)/mypy buddy workers
 	$(BIN)/pytest -q

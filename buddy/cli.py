@@ -27,6 +27,7 @@ from buddy.errors import BuddyError, ConfigError, ContractError, InfrastructureE
 from buddy.models import AgentSpec, Mode, Strategy, agent_queue
 from buddy.plan import CampaignPlan, build_plan, summary_table
 from buddy.state import Store
+from buddy.tools.registry import ToolRegistry
 
 if TYPE_CHECKING:
     from buddy.coordinator import CampaignOptions
@@ -103,11 +104,30 @@ def _plan(
     strategy: Strategy,
     workdir: Path,
     tools: list[str],
+    conflict_flags: list[str] | None = None,
 ) -> CampaignPlan:
+    """Validate ``plan``, resolve its conflicts (``plan.conflicts`` holds the report) and warn
+    about tools that can outlast the visibility timeout. Raises PlanError / ConfigError."""
+    from buddy.conflicts import ConflictPolicy, ConflictType, Resolution, resolve
     from buddy.tools.registry import default_registry
 
     registry = default_registry([*get_settings().tools, *config.tools, *tools])
-    return build_plan(
+    chosen = dict(config.conflicts.resolutions)
+    for flag in conflict_flags or []:
+        kind, _, how = flag.partition("=")
+        try:
+            chosen[ConflictType(kind.strip())] = Resolution(how.strip())
+        except ValueError:
+            raise ConfigError(
+                f"--conflict {flag}: expected TYPE=RESOLUTION with TYPE one of "
+                f"{', '.join(t.value for t in ConflictType)} and RESOLUTION one of "
+                f"{', '.join(r.value for r in Resolution)}"
+            ) from None
+    try:
+        policy = ConflictPolicy(resolutions=chosen)
+    except ValueError as e:
+        raise ConfigError(f"conflict resolutions: {e}") from None
+    cp = build_plan(
         plan,
         registry,
         agents,
@@ -115,7 +135,32 @@ def _plan(
         schedule_path=schedule,
         defaults=config.defaults,
         workdir=workdir,
+        unpin_violations=policy.of(ConflictType.DEPENDENCY_VIOLATION) is Resolution.SERIALIZE,
     )
+    cp.conflicts = resolve(cp, registry, policy)
+    _warn_visibility(cp, registry)
+    return cp
+
+
+def _warn_visibility(cp: CampaignPlan, registry: ToolRegistry) -> None:
+    """Warn when a tool of the plan can run longer than Redis waits before redelivering."""
+    vt = get_settings().visibility_timeout_s
+    worst: dict[str, float] = {}
+    for pt in cp.tasks.values():
+        c = registry.get(pt.task.tool)
+        p = c.retry
+        seconds = c.timeout_for(c.parse_args(pt.task.args)) * p.max_attempts + sum(
+            p.delay_s(k) for k in range(1, p.max_attempts)
+        )
+        worst[c.name] = max(worst.get(c.name, 0.0), seconds)
+    for name, seconds in sorted(worst.items()):
+        if seconds >= vt:
+            err.print(
+                f"warning: {name} can run for up to {seconds:.0f} s (timeout × attempts + backoff), not less "
+                f"than BUDDY_VISIBILITY_TIMEOUT_S={vt}: Redis may deliver its message again while it runs "
+                "(claims make that delivery wait, but raise the visibility timeout)",
+                highlight=False,
+            )
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -142,6 +187,10 @@ WorkdirOpt = Annotated[
     Path | None, typer.Option("--workdir", help="Where relative paths in tool args resolve. Default: cwd.")
 ]
 RedisOpt = Annotated[str | None, typer.Option("--redis-url", help="Default: BUDDY_REDIS_URL.")]
+ConflictOpt = Annotated[
+    list[str] | None,
+    typer.Option("--conflict", help="TYPE=RESOLUTION, e.g. write_write=priority (repeatable; see README)."),
+]
 ToolsOpt = Annotated[
     list[str] | None, typer.Option("--tools", help="Module(s) to import for their @buddy.tool contracts.")
 ]
@@ -156,14 +205,22 @@ def validate(
     strategy: StrategyOpt = None,
     workdir: WorkdirOpt = None,
     tools: ToolsOpt = None,
+    conflict: ConflictOpt = None,
 ) -> None:
-    """Validate a plan (nothing is dispatched) and print its waves × agents."""
+    """Validate a plan (nothing is dispatched) and print its waves × agents and its conflicts."""
     try:
         cfg = _load_config(config)
         specs = _resolve_agents(agents, cfg)
         wd = (workdir or Path(cfg.workdir or ".")).resolve()
         cp = _plan(
-            plan, schedule, cfg, specs, strategy or cfg.strategy or Strategy.ROUND_ROBIN, wd, _split(tools)
+            plan,
+            schedule,
+            cfg,
+            specs,
+            strategy or cfg.strategy or Strategy.ROUND_ROBIN,
+            wd,
+            _split(tools),
+            conflict,
         )
     except (PlanError, ConfigError, ContractError) as e:
         _fail(str(e))
@@ -174,6 +231,12 @@ def validate(
     for row in rows:
         table.add_row(*row, end_section=row[0] == "total")
     out.print(table)
+    for c in cp.conflicts.conflicts if cp.conflicts else []:
+        out.print(
+            f"conflict {c.type.value} on {c.subject} ({', '.join(c.tasks)}): {c.resolution.value}"
+            + (f"; {c.detail}" if c.detail else ""),
+            highlight=False,
+        )
     out.print(f"plan OK (sha256 {cp.digest})")
 
 
@@ -214,6 +277,7 @@ def run(
         typer.Option("--worker-wait", min=1, help="Seconds an agent may have no live worker before abort."),
     ] = 10.0,
     tools: ToolsOpt = None,
+    conflict: ConflictOpt = None,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show the progress bars.")
     ] = True,
@@ -270,6 +334,13 @@ def run(
             "sent once more). Default: from the tasks' timeouts and the agents' concurrency.",
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", min=0, max=65535, help="Serve Prometheus metrics here while it runs."),
+    ] = None,
+    metrics_address: Annotated[
+        str, typer.Option("--metrics-address", help="Address for --metrics-port.")
+    ] = "127.0.0.1",
 ) -> None:
     """Run a plan as a wave campaign and write its outputs."""
     from buddy.coordinator import CampaignOptions, new_campaign_id
@@ -281,7 +352,7 @@ def run(
         wd = (workdir or Path(cfg.workdir or ".")).resolve()
         strat = strategy or cfg.strategy or Strategy.ROUND_ROBIN
         tool_modules = [*settings.tools, *cfg.tools, *_split(tools)]
-        cp = _plan(plan, schedule, cfg, specs, strat, wd, tool_modules)
+        cp = _plan(plan, schedule, cfg, specs, strat, wd, tool_modules, conflict)
     except (PlanError, ConfigError, ContractError) as e:
         _fail(str(e))
 
@@ -324,7 +395,7 @@ def run(
         rollback_scope=rollback_scope.value,
         wave_timeout_s=wave_timeout,
     )
-    _execute(cp, options, url, specs, n_local, worker_env, tool_modules)
+    _execute(cp, options, url, specs, n_local, worker_env, tool_modules, metrics_port, metrics_address)
 
 
 def _execute(
@@ -335,11 +406,14 @@ def _execute(
     n_local: int,
     worker_env: dict[str, str],
     tool_modules: list[str],
+    metrics_port: int | None = None,
+    metrics_address: str = "127.0.0.1",
 ) -> NoReturn:
     """Run (or resume) a campaign: Redis (embedded when ``url`` is None), local workers, the
     coordinator; stop what was started on every exit path, Ctrl-C and SIGTERM included."""
     from buddy.coordinator import Coordinator
     from buddy.fleet import LocalFleet
+    from buddy.metrics import CampaignMetrics, FleetCollector, MetricsServer, serve
     from buddy.redis_server import EmbeddedRedis
     from buddy.tools.registry import default_registry
     from buddy.transport import make_dispatcher, redis_client
@@ -348,6 +422,7 @@ def _execute(
     out_root = options.out_dir or Path("outputs") / str(options.campaign_id)
     embedded: EmbeddedRedis | None = None
     fleet: LocalFleet | None = None
+    metrics_server: MetricsServer | None = None
     previous = signal.signal(signal.SIGTERM, _sigterm)
     code = EXIT_ABORTED
     try:
@@ -363,10 +438,20 @@ def _execute(
             redis_client(url), events_maxlen=settings.events_maxlen, stale_s=settings.heartbeat_stale_s
         )
         store.r.ping()
+        metrics = None
+        if metrics_port is not None:
+            metrics = CampaignMetrics(fleet=FleetCollector(store, agents=[a.id for a in specs]))
+            metrics_server = serve(metrics.registry, metrics_port, metrics_address)
         options.redis_display = "embedded" if embedded else redact_url(url)
         options.embedded = embedded is not None
         coordinator = Coordinator(
-            cp, store, make_dispatcher(url, settings), default_registry(tool_modules), options, console=err
+            cp,
+            store,
+            make_dispatcher(url, settings),
+            default_registry(tool_modules),
+            options,
+            console=err,
+            metrics=metrics,
         )
         summary = coordinator.run()
         code = summary.exit_code
@@ -388,6 +473,8 @@ def _execute(
         err.print(f"cannot reach Redis at {redact_url(url or '')}: {e}", markup=False)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if metrics_server is not None:
+            metrics_server.stop()
         if fleet is not None:
             fleet.stop()
         if embedded is not None:
@@ -882,7 +969,15 @@ def _redis_call(url: str, fn: Callable[[], T]) -> T:
 def main() -> None:
     """Entry point of the ``buddy`` console script."""
     try:
+        from buddy.logs import setup_logging
+
+        setup_logging(get_settings())
         app()
     except BuddyError as e:  # a user-facing error that escaped a command
         err.print(f"error: {e}", markup=False)
         sys.exit(EXIT_INVALID if isinstance(e, (PlanError, ConfigError, ContractError)) else EXIT_ABORTED)
+
+
+from buddy.cli_ops import register  # noqa: E402  (the ops commands: flower, exporter, doctor)
+
+register(app)

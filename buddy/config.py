@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from buddy.conflicts import ConflictPolicy
 from buddy.errors import ConfigError
 from buddy.models import AgentSpec, Mode, Strategy
 from buddy.safety import EscalationPolicy
@@ -40,7 +41,9 @@ class Settings(BaseSettings):
     - ``BUDDY_PYTHON_ALLOW``: comma list of module prefixes ``python.call`` may import.
     - ``BUDDY_TOOLS``: comma list of modules to import for their ``@buddy.tool`` contracts.
     - ``BUDDY_VISIBILITY_TIMEOUT_S``: seconds before Redis redelivers an unacked message
-      (Celery ``broker_transport_options.visibility_timeout``), default 3600.
+      (Celery ``broker_transport_options.visibility_timeout``), default 7200: more than the
+      longest built-in tool call with its retries (``sleep`` up to 3610 s); ``buddy doctor``
+      checks it against every registered tool.
     - ``BUDDY_HEARTBEAT_INTERVAL_S`` (2) / ``BUDDY_HEARTBEAT_STALE_S`` (10): worker heartbeats.
     - ``BUDDY_EVENTS_MAXLEN``: approximate cap of a campaign's event stream (XADD MAXLEN ~).
     - ``BUDDY_LEASE_TTL_S`` (30): a resource lease's lifetime between renewals (renewed every
@@ -55,13 +58,16 @@ class Settings(BaseSettings):
     shell_allow: CommaList = Field(default_factory=list)
     python_allow: CommaList = Field(default_factory=list)
     tools: CommaList = Field(default_factory=list)
-    visibility_timeout_s: int = Field(default=3600, ge=10)
+    visibility_timeout_s: int = Field(default=7200, ge=10)
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
     heartbeat_stale_s: float = Field(default=10.0, gt=0)
     events_maxlen: int = Field(default=10_000, ge=100)
     lease_ttl_s: float = Field(default=30.0, gt=0)
     lease_wait_s: float = Field(default=10.0, ge=0)
     result_expires_s: int = Field(default=86_400, ge=60)
+    signing_key: str | None = None
+    signing_cert: str | None = None
+    signing_cert_store: str | None = None
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
 
@@ -102,6 +108,8 @@ class CampaignConfig(BaseModel):
     starts itself; workers of a fleet keep their own ``BUDDY_*`` allow-lists. ``escalation``
     holds the confidence threshold per risk level (``low``, ``medium``, ``high``, ``critical``,
     0–1), ``allow_critical`` and ``auto_approve`` (:class:`buddy.safety.EscalationPolicy`).
+    ``conflicts`` maps a conflict type to its resolution (:mod:`buddy.conflicts`), e.g.
+    ``{write_write: priority}``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -120,6 +128,12 @@ class CampaignConfig(BaseModel):
     approval_timeout_s: float | None = Field(default=None, gt=0)
     max_fail_percentage: float | None = Field(default=None, ge=0, le=100)
     max_failures: int | None = Field(default=None, ge=0)
+    conflicts: ConflictPolicy = Field(default_factory=ConflictPolicy)
+
+    @field_validator("conflicts", mode="before")
+    @classmethod
+    def _conflicts(cls, v: Any) -> Any:
+        return {"resolutions": v} if isinstance(v, dict) and "resolutions" not in v else v
 
 
 def load_campaign_config(path: Path) -> CampaignConfig:

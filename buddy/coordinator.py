@@ -35,6 +35,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from buddy.lifecycle import TaskLifecycle, Transition
+from buddy.logs import log_context
+from buddy.metrics import CampaignMetrics, error_budget
 from buddy.models import (
     COORDINATOR_QUEUE,
     AgentAssignment,
@@ -174,7 +176,9 @@ class Coordinator:
         registry: ToolRegistry,
         options: CampaignOptions,
         console: Console | None = None,
+        metrics: CampaignMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.plan = plan
         self.store = store
         self.app = app
@@ -198,6 +202,10 @@ class Coordinator:
 
     def run(self) -> ExecutionSummary:
         """Run every wave; returns the summary (also written to ``execution_summary.json``)."""
+        with log_context(campaign_id=self.cid):
+            return self._run()
+
+    def _run(self) -> ExecutionSummary:
         self._begin()
         abort_reason: str | None = None
         status: CampaignStatus = "running"
@@ -259,6 +267,8 @@ class Coordinator:
             "config": info.model_dump_json(),
             "options": self.opts.model_dump_json(exclude={"resume", "progress"}),
         }
+        if self.plan.conflicts is not None:
+            self.out.write_json(OutputWriter.CONFLICTS, self.plan.conflicts)
         if self.opts.resume:
             self._resume_state()
             self.store.update_campaign(self.cid, status="running", resumed_at=utcnow().isoformat())
@@ -268,6 +278,8 @@ class Coordinator:
             self.store.create_campaign(self.cid, fields)
             for tid in self.plan.tasks:
                 self._move(tid, TaskStatus.VALIDATED, "plan validated")
+        if self.metrics is not None:
+            self.metrics.set_campaign(self.cid, len(self.plan.tasks), self.opts.mode.value)
         self.store.event(self.cid, "campaign_started", tasks=len(self.plan.tasks), mode=self.opts.mode.value)
         self.console.print(
             f"campaign [bold]{self.cid}[/]: {len(self.plan.tasks)} tasks in {len(self.plan.waves)} waves "
@@ -380,6 +392,8 @@ class Coordinator:
     def _run_wave(self, n: int, progress: Progress) -> None:
         tasks = self.plan.waves[n]
         ids = [t.task.task_id for t in tasks]
+        if self.metrics is not None:
+            self.metrics.set_current_wave(n)
         self.outcomes.update(self.store.outcomes(self.cid, ids))  # resume: never re-run a final outcome
         lock = self.store.lock_reason()
         if lock:
@@ -391,6 +405,11 @@ class Coordinator:
             tid = pt.task.task_id
             if tid in self.outcomes:
                 continue
+            if tid in self.plan.skip:
+                pre.append(self._closed(pt, TaskStatus.SKIPPED, "conflict", self.plan.skip[tid]))
+                continue
+            if tid in self.plan.reuse:
+                continue  # takes its twin's outcome once the twin has one (below)
             reason = self._upstream_failure(pt)
             if reason is not None:
                 pre.append(self._closed(pt, TaskStatus.SKIPPED, "upstream_failed", reason))
@@ -434,6 +453,7 @@ class Coordinator:
             missing = self._dispatch_and_wait(n, to_send, gates, bar, progress)
             if missing:
                 self._close_lost(n, missing, gates, bar, progress)
+        self._reuse_outcomes(tasks)
         got = self.store.outcomes(self.cid, ids)
         self.outcomes.update(got)
         wave_outcomes = [got[i] for i in ids if i in got]
@@ -442,6 +462,11 @@ class Coordinator:
             bar, completed=len(got), failed=summary.counts.total - summary.counts.succeeded, running=0
         )
         self.wave_summaries.append(summary)
+        if self.metrics is not None:
+            self.metrics.observe_outcomes(wave_outcomes)
+            self.metrics.set_wave_health(n, summary.success_rate * 100)  # until the monitor's score
+            contention = self.store.wave_counters(self.cid, n).get("lease_contention") or 0
+            self.metrics.inc_lease_contention(int(contention))
         self._write_wave_outputs(n, wave_outcomes)
         self.store.event(self.cid, "wave_finished", wave=n, by_status=summary.counts.by_status)
         self._check_thresholds(n, wave_outcomes)
@@ -464,11 +489,44 @@ class Coordinator:
         done = sum(1 for e in self.rollbacks if e.status == "rolled_back")
         self.console.print(f"rolled back {done} task(s); see {OutputWriter.ROLLBACKS}")
 
+    def _reuse_outcomes(self, tasks: list[PlannedTask]) -> None:
+        """Deduplicated tasks (``duplicate_irreversible``) take their twin's outcome, never running."""
+        twins = [
+            pt for pt in tasks if pt.task.task_id in self.plan.reuse and pt.task.task_id not in self.outcomes
+        ]
+        if not twins:
+            return
+        sources = self.store.outcomes(self.cid, [self.plan.reuse[pt.task.task_id] for pt in twins])
+        copies = []
+        for pt in twins:
+            src_id = self.plan.reuse[pt.task.task_id]
+            src = sources.get(src_id)
+            if src is None:
+                copies.append(
+                    self._closed(pt, TaskStatus.SKIPPED, "conflict", f"its twin {src_id} has no outcome")
+                )
+                continue
+            why = f"deduplicated: takes the outcome of {src_id}, which ran the same call"
+            self._move(pt.task.task_id, src.status, why)
+            copies.append(
+                src.model_copy(
+                    update={
+                        "task_id": pt.task.task_id,
+                        "agent_id": pt.agent,
+                        "wave": pt.wave,
+                        "mode_reason": why,
+                    }
+                )
+            )
+        self.store.record_outcomes(copies)
+
     def _check_thresholds(self, n: int, wave_outcomes: list[Outcome]) -> None:
         """Abort when the wave's failures are *more than* ``max_fail_percentage`` of its tasks, or
         the campaign's failures are more than ``max_failures`` (failed, timed_out, needs_review)."""
         failed = sum(1 for o in wave_outcomes if o.status in FAILURE_STATUSES)
         self.failures += failed
+        if self.metrics is not None:
+            self.metrics.set_error_budget(error_budget(self.failures, self.opts.max_failures))
         p = self.opts.max_fail_percentage
         if p is not None and wave_outcomes and failed * 100.0 / len(wave_outcomes) > p:
             self.aborted_wave = n
@@ -557,8 +615,8 @@ class Coordinator:
         """Send the wave as one chord and wait for it. Returns the ids of sent tasks that
         have no outcome when the wave's deadline passed (empty when the wave completed).
 
-        Raises :class:`CampaignAborted` on an abort request (``buddy abort``) or an
-        infrastructure failure of the chord."""
+        Raises :class:`CampaignAborted` on an abort request (``buddy abort``). A failed chord
+        (its body will not run) is not fatal: the wave closes from the outcomes in Redis."""
         token = secrets.token_hex(8)
         header = []
         for agent, pts in sorted(to_send.items()):
@@ -589,6 +647,7 @@ class Coordinator:
         self.store.update_campaign(self.cid, current_wave=n, chord_id=result.id)
         self.store.event(self.cid, "wave_dispatched", wave=n, messages=len(header), chord_id=result.id)
         deadline = time.monotonic() + deadline_s
+        chord_failed = False
         complete_since: float | None = None
         last_check = 0.0
         while True:
@@ -608,15 +667,19 @@ class Coordinator:
                 raise CampaignAborted(
                     f"aborted by an operator: {self.store.campaign(self.cid)['abort_requested']}"
                 )
-            meta = self.app.backend.get_task_meta(result.id)
-            if meta.get("status") == "FAILURE":
-                raise CampaignAborted(
-                    f"wave {n}: the chord failed on an infrastructure fault: {meta.get('result')!r}"
+            if not chord_failed and self.app.backend.get_task_meta(result.id).get("status") == "FAILURE":
+                # The body will not run (a member raised, or the chord's join hit a Redis
+                # restart). The outcomes in Redis are the truth: close the wave from them,
+                # or at the deadline.
+                chord_failed = True
+                self.console.print(
+                    f"[yellow]wave {n}: the chord failed; closing the wave from its outcomes[/]"
                 )
+                self.store.event(self.cid, "chord_failed", wave=n, chord_id=result.id)
             if done - baseline >= len(sent_ids):
                 # every member reported but the body did not (revoked member, lost chord counter)
                 complete_since = complete_since or now
-                if now - complete_since >= 2.0:
+                if chord_failed or now - complete_since >= 2.0:
                     missing = set(sent_ids) - set(self.store.outcomes(self.cid, sent_ids))
                     if not missing:
                         self.store.event(self.cid, "wave_closed", wave=n, reason="body did not report")
@@ -794,6 +857,14 @@ class Coordinator:
         self.out.write_json(OutputWriter.SUMMARY, summary)
         failed = [o for o in self.outcomes.values() if o.status is not TaskStatus.SUCCEEDED]
         self._flush_transitions()
+        if self.plan.conflicts is not None:
+            by_wave = {
+                n: int(self.store.wave_counters(self.cid, n).get("lease_contention", 0))
+                for n in self.plan.wave_numbers()
+            }
+            self.plan.conflicts.lease_contention_by_wave = {n: k for n, k in by_wave.items() if k}
+            self.plan.conflicts.lease_contention_total = sum(by_wave.values())
+            self.out.write_json(OutputWriter.CONFLICTS, self.plan.conflicts)
         context = ReportContext(
             escalation=self.opts.escalation,
             max_fail_percentage=self.opts.max_fail_percentage,

@@ -43,6 +43,7 @@ from buddy.errors import (
 )
 from buddy.leases import LeaseConflictError, LeaseManager
 from buddy.lifecycle import Transition, transition
+from buddy.logs import log_context
 from buddy.models import AttemptError, Mode, Outcome, RollbackEvent, TaskSpec, TaskStatus, utcnow
 from buddy.state import Claim, Store
 from buddy.tools.contract import ToolContext, ToolContract
@@ -170,7 +171,8 @@ class Executor:
                     claimed.add(tid)
                 if run.state is not TaskStatus.RUNNING:
                     self._move(run, TaskStatus.RUNNING, f"attempt {run.attempt} on {self.worker}")
-                outcome, retry_after = self._execute(run)
+                with log_context(campaign_id=campaign_id, task_id=tid):
+                    outcome, retry_after = self._execute(run)
                 if outcome is None:
                     claim = self._claim(run, delivery)
                     claim.state = "retry_wait"

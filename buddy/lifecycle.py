@@ -22,6 +22,8 @@ Edges beyond the happy path, and why:
   failed`` when an operator settles it (``buddy review``).
 - ``succeeded → rolled_back``: compensation after an abort (``--rollback-on-abort``).
 - ``needs_review → succeeded | failed | queued``: an operator's ``buddy review`` decision.
+- ``validated → succeeded | failed | timed_out | needs_review | lost``: a deduplicated task
+  (``duplicate_irreversible`` resolved by ``deduplicate``) takes its twin's outcome; it never runs.
 - ``running → running`` does not exist: a redelivered attempt keeps the state it had.
 """
 
@@ -39,7 +41,19 @@ S = TaskStatus
 #: from-state → the states it may move to.
 LEGAL: dict[TaskStatus, frozenset[TaskStatus]] = {
     S.PENDING: frozenset({S.VALIDATED}),
-    S.VALIDATED: frozenset({S.AWAITING_APPROVAL, S.QUEUED, S.SKIPPED, S.DENIED}),
+    S.VALIDATED: frozenset(
+        {
+            S.AWAITING_APPROVAL,
+            S.QUEUED,
+            S.SKIPPED,
+            S.DENIED,
+            S.SUCCEEDED,
+            S.FAILED,
+            S.TIMED_OUT,
+            S.NEEDS_REVIEW,
+            S.LOST,
+        }
+    ),
     S.AWAITING_APPROVAL: frozenset({S.APPROVED, S.DENIED}),
     S.APPROVED: frozenset({S.QUEUED, S.SKIPPED}),
     S.QUEUED: frozenset({S.RUNNING, S.SKIPPED, S.FAILED, S.NEEDS_REVIEW, S.DENIED, S.LOST}),

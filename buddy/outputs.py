@@ -20,6 +20,7 @@ class OutputWriter:
     REPORT = "report.md"
     TOOL_LOG = "tool_execution_log.jsonl"
     TRANSITIONS = "state_transitions.jsonl"
+    CONFLICTS = "conflicts.json"
     ROLLBACKS = "rollback_events.jsonl"
     ASSIGNMENTS = "agent_assignments.jsonl"
     ADJUSTED = "adjusted_schedule.jsonl"

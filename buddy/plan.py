@@ -146,6 +146,14 @@ class CampaignPlan:
     strategy: Strategy
     schedule_path: Path | None = None
     agent_weights: dict[str, float] = field(default_factory=dict)
+    #: dependency violations resolved by ``serialize``: (task, explicit wave, dependency's wave, dependency)
+    unpinned: list[tuple[str, int, int, str]] = field(default_factory=list)
+    #: tasks a conflict resolution skips (``priority``): task id → reason
+    skip: dict[str, str] = field(default_factory=dict)
+    #: duplicates that take another task's outcome (``deduplicate``): task id → the task that runs
+    reuse: dict[str, str] = field(default_factory=dict)
+    #: the :class:`buddy.conflicts.ConflictsReport` of :func:`buddy.conflicts.resolve`, once run
+    conflicts: Any = None
 
     def wave_numbers(self) -> list[int]:
         """The wave numbers, ascending (there may be gaps when waves are explicit)."""
@@ -545,12 +553,15 @@ def _layer(
     broken: set[str],
     plan_errors: _Errors,
     lines: dict[str, int],
+    violations: list[tuple[str, int, int, str]] | None = None,
 ) -> list[int]:
     """Wave of each task (see the module docstring); errors for bad dependencies and cycles.
 
     ``lines`` maps the id of each of ``tasks`` to its line, in the same order.
     ``explicit`` maps task id → (wave, file, line that set it). Returns the waves aligned
-    with ``tasks``; a task in or behind a cycle gets 0.
+    with ``tasks``; a task in or behind a cycle gets 0. An explicit wave not after a
+    dependency's is an error, or, when ``violations`` is given, recorded there as
+    ``(task id, explicit wave, dependency's wave, dependency id)`` for the caller to resolve.
 
     Plan order is used as the topological order while every dependency comes before its
     dependent (the usual case: one pass); the first forward reference switches to Kahn's
@@ -618,6 +629,9 @@ def _layer(
         w, where, line = pin
         if w <= best:
             top = next(j for j in deps[i] if wave[j] == best)
+            if violations is not None:
+                violations.append((tasks[i].task_id, w, best, tasks[top].task_id))
+                continue
             where.add(
                 line,
                 f"task {tasks[i].task_id!r}: explicit wave {w} is not after wave {best} of its "
@@ -893,8 +907,13 @@ def build_plan(
     defaults: TaskDefaults | None = None,
     workdir: Path | None = None,
     agent_weights: dict[str, float] | None = None,
+    unpin_violations: bool = False,
 ) -> CampaignPlan:
     """Load, validate, lay out in waves and assign a plan (module docstring for the rules).
+
+    ``unpin_violations`` (the ``serialize`` resolution of ``dependency_violation``
+    conflicts): a task whose explicit wave is not after a dependency's loses the pin and
+    is layered after its dependencies; each is listed in ``CampaignPlan.unpinned``.
 
     ``registry`` holds the tools; ``agents`` the campaign's agents (their order breaks
     ties); ``defaults`` fill fields a line leaves out; ``workdir`` (default: the current
@@ -917,6 +936,7 @@ def build_plan(
             defaults,
             Path.cwd() if workdir is None else Path(workdir),
             dict(agent_weights or {}),
+            unpin_violations,
         )
 
 
@@ -929,6 +949,7 @@ def _build(
     defaults: TaskDefaults | None,
     workdir: Path,
     weights: dict[str, float],
+    unpin_violations: bool = False,
 ) -> CampaignPlan:
     plan_errors = _Errors(plan_path)
     parsed = _parse_plan(plan_path, registry, defaults, plan_errors, workdir)
@@ -953,7 +974,12 @@ def _build(
             wave_pin[entry.task_id] = (entry.wave, sched_errors, number)
 
     _check_agents(parsed.tasks, lines, agents, agent_pin, set(registry.names()), plan_errors)
-    waves = _layer(parsed.tasks, wave_pin, parsed.broken, plan_errors, lines)
+    found: list[tuple[str, int, int, str]] | None = [] if unpin_violations else None
+    waves = _layer(parsed.tasks, wave_pin, parsed.broken, plan_errors, lines, found)
+    if found:  # ``serialize``: such a task loses its pin and goes after its dependencies
+        for tid, *_ in found:
+            wave_pin.pop(tid, None)
+        waves = _layer(parsed.tasks, wave_pin, parsed.broken, _Errors(plan_path), lines)
     if plan_errors or sched_errors:
         raise PlanError(cap_errors(plan_errors.sorted() + sched_errors.sorted()))
 
@@ -1002,6 +1028,7 @@ def _build(
         strategy=strategy,
         schedule_path=schedule_path,
         agent_weights=weights,
+        unpinned=found or [],
     )
 
 

@@ -106,6 +106,9 @@ def make_celery(url: str | None = None, settings: Settings | None = None) -> Cel
         enable_utc=True,
         timezone="UTC",
     )
+    from buddy.security import apply_security
+
+    apply_security(app, url, settings)
     return app
 
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from workers import heartbeat, tasks
+from workers import logging as worker_logging  # noqa: F401  (log format: Celery's setup_logging signal)
 from workers.app import app
 
 __all__ = ["app", "heartbeat", "tasks"]

@@ -212,7 +212,7 @@ def test_worker_serves_only_its_agent_queue(
         other_rows = [r for r in rows.values() if r["agent_id"] == "a1"]
         assert len(solo_rows) == 6 and len(other_rows) == 6
         assert all(r["worker"].startswith("solo-1-") for r in solo_rows)
-        assert not any(r["worker"].startswith("solo-1-") for r in other_rows)
+        assert not any(r["worker"].startswith("solo-1-") for r in other_rows), other_rows
     finally:
         solo.stop()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -58,7 +59,7 @@ def test_eight_processes_two_hundred_leases_each(fleet_redis: EmbeddedRedis, tmp
         # in time order, tokens strictly increase (each grant got a new, larger token) ...
         assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens)
         # ... and no two accepted effects on one resource overlap in time
-        for prev, nxt in zip(effects, effects[1:], strict=False):
+        for prev, nxt in itertools.pairwise(effects):
             assert prev[3] <= nxt[2], f"{r}: effects under tokens {prev[1]} and {nxt[1]} overlap"
 
 

@@ -7,7 +7,6 @@ must be in the repository.
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import json
 import re
@@ -105,7 +104,7 @@ def test_every_buddy_command_is_a_real_subcommand_with_real_flags(
         unknown = [f for f in _used_flags(argv[2:]) if f not in known]
         assert not unknown, f"{name}: `buddy {sub}` has no option(s) {unknown}"
         seen.append(sub)
-    assert {"worker", "run"} <= set(seen)
+    assert {"worker", "run", "flower", "exporter"} <= set(seen)
 
 
 def test_worker_serves_three_agents(services: dict[str, dict[str, Any]]) -> None:
@@ -136,18 +135,27 @@ def test_coordinator_is_a_one_shot_run_of_the_example(services: dict[str, dict[s
         assert (ROOT / path).is_file(), f"coordinator: {path} does not exist"
 
 
-def test_flower_command_is_celery_of_the_workers_app(services: dict[str, dict[str, Any]]) -> None:
-    argv = _argv(services["flower"])
-    assert argv[:4] == ["celery", "-A", "workers", "flower"]
-    workers = importlib.import_module("workers")
-    assert hasattr(workers, "app"), "`celery -A workers` needs workers.app"
-    from flower.options import options
+def _opt(argv: list[str], name: str) -> str:
+    """The value of ``--name value`` or ``--name=value`` in ``argv``."""
+    for i, a in enumerate(argv):
+        if a == name:
+            return argv[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    raise AssertionError(f"{name} not in {argv}")
 
-    known = {name.replace("_", "-") for name in options._options}
-    for flag in _used_flags(argv[4:]):
-        assert flag.lstrip("-") in known, f"flower has no option {flag}"
-    assert any(a.startswith("--basic-auth=") for a in argv)
+
+def test_ops_commands_are_registered() -> None:
+    assert {"flower", "exporter", "doctor"} <= set(_cli().commands)
+
+
+def test_flower_is_buddy_flower_with_auth_on_the_network(services: dict[str, dict[str, Any]]) -> None:
+    argv = _argv(services["flower"])
+    assert argv[:2] == ["buddy", "flower"]
+    assert _opt(argv, "--basic-auth").startswith("${FLOWER_USER")
+    assert _opt(argv, "--address") == "0.0.0.0"
     assert "5555:5555" in [str(p) for p in services["flower"]["ports"]]
+    assert _opt(argv, "--port") == "5555"
 
 
 def test_buddy_services_share_one_env_anchor(services: dict[str, dict[str, Any]]) -> None:
@@ -179,14 +187,25 @@ def test_redis_is_persistent_never_evicts_and_needs_a_password(
     assert "requirepass" not in settings, "the password comes from --requirepass, not the file"
 
 
-def test_prometheus_is_optional_and_scrapes_flower(services: dict[str, dict[str, Any]]) -> None:
+def test_prometheus_is_optional_and_scrapes_flower_exporter_and_coordinator(
+    services: dict[str, dict[str, Any]],
+) -> None:
     prom = services["prometheus"]
     assert prom["profiles"] == ["metrics"]
+    assert services["exporter"]["profiles"] == ["metrics"]
     assert str(prom["image"]).startswith("prom/prometheus")
     cfg = yaml.safe_load((ROOT / "ops" / "prometheus.yml").read_text(encoding="utf-8"))
     targets = [t for job in cfg["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
-    assert "flower:5555" in targets
     assert all(job.get("metrics_path", "/metrics") == "/metrics" for job in cfg["scrape_configs"])
+    # each target is a service of compose.yaml on the port its command serves
+    ports = {
+        "flower": _opt(_argv(services["flower"]), "--port"),
+        "exporter": _opt(_argv(services["exporter"]), "--port"),
+        "coordinator": _opt(_argv(services["coordinator"]), "--metrics-port"),
+    }
+    assert sorted(targets) == sorted(f"{name}:{port}" for name, port in ports.items())
+    assert _opt(_argv(services["exporter"]), "--address") == "0.0.0.0"
+    assert _opt(_argv(services["coordinator"]), "--metrics-address") == "0.0.0.0"
 
 
 # -- compose: files -------------------------------------------------------------------------
@@ -248,11 +267,163 @@ def _make_targets() -> dict[str, list[str]]:
 
 def test_makefile_has_demo_and_test_targets() -> None:
     targets = _make_targets()
-    for name in ("venv", "install", "demo", "test", "lint", "fmt", "clean", ".PHONY"):
+    for name in ("venv", "install", "browser", "demo", "test", "lint", "fmt", "clean", ".PHONY"):
         assert name in targets, f"Makefile: no {name} target"
     assert any("examples/demo.py" in line for line in targets["demo"])
     recipe = targets["test"]
     assert [r.split()[0].rsplit("/", 1)[-1] for r in recipe[-3:]] == ["ruff", "mypy", "pytest"]
     text = (ROOT / "Makefile").read_text(encoding="utf-8")
     assert re.search(r"^PYTHON \?= python3$", text, re.M)
-    assert re.search(r"^\.PHONY:.*\bdemo\b.*\btest\b", text, re.M)
+    assert re.search(r"^\.PHONY:.*\bbrowser\b.*\bdemo\b.*\btest\b", text, re.M)
+    assert re.search(r"^test: install browser$", text, re.M)
+
+
+# -- ops/k8s --------------------------------------------------------------------------------
+
+K8S = ROOT / "ops" / "k8s"
+
+
+@pytest.fixture(scope="module")
+def k8s() -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if doc is not None:
+                doc["_file"] = path.name
+                docs.append(doc)
+    return docs
+
+
+def _of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def _pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc["spec"]["template"]["spec"]
+
+
+def _workloads(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] in ("Deployment", "Job")]
+
+
+def test_k8s_manifests_parse_and_are_named(k8s: list[dict[str, Any]]) -> None:
+    kinds = {d["kind"] for d in k8s}
+    assert {"ConfigMap", "Deployment", "Job", "Service", "ScaledObject", "ServiceMonitor"} <= kinds
+    seen = set()
+    for d in k8s:
+        assert d.get("apiVersion") and d["metadata"].get("name"), d["_file"]
+        key = (d["kind"], d["metadata"]["name"])
+        assert key not in seen, f"duplicate {key}"
+        seen.add(key)
+    for d in _of_kind(k8s, "Deployment"):
+        assert (
+            d["spec"]["selector"]["matchLabels"].items()
+            <= d["spec"]["template"]["metadata"]["labels"].items()
+        )
+
+
+def test_k8s_containers_run_real_buddy_commands_as_non_root(k8s: list[dict[str, Any]]) -> None:
+    cli = _cli()
+    config = _of_kind(k8s, "ConfigMap")[0]["data"]
+    for w in _workloads(k8s):
+        pod = _pod_spec(w)
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] == 10001  # the image's user (ops/Dockerfile)
+        for c in pod["containers"]:
+            assert str(c["image"]).startswith("buddy:")
+            args = [str(a) for a in c["args"]]
+            assert args[0] in cli.commands, f"{w['_file']}: `buddy {args[0]}` is not a command"
+            unknown = [f for f in _used_flags(args[1:]) if f not in _flags(cli.commands[args[0]])]
+            assert not unknown, f"{w['_file']}: `buddy {args[0]}` has no option(s) {unknown}"
+            assert c["securityContext"]["allowPrivilegeEscalation"] is False
+            env = {e["name"]: e for e in c.get("env", [])}
+            assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "buddy-redis"
+            assert env["BUDDY_REDIS_URL"]["value"] == "redis://:$(REDIS_PASSWORD)@$(REDIS_ADDRESS)/0"
+            assert [r["configMapRef"]["name"] for r in c["envFrom"]] == ["buddy-config"]
+            assert "REDIS_ADDRESS" in config
+
+
+def test_k8s_config_names_real_settings_and_a_safe_visibility_timeout(k8s: list[dict[str, Any]]) -> None:
+    from buddy.config import Settings
+    from buddy.doctor import check_visibility_timeout
+    from buddy.tools.registry import default_registry
+
+    data = _of_kind(k8s, "ConfigMap")[0]["data"]
+    fields = {f"BUDDY_{name.upper()}" for name in Settings.model_fields}
+    unknown = sorted(k for k in data if k.startswith("BUDDY_") and k not in fields)
+    assert not unknown, f"not settings: {unknown}"
+    assert data["BUDDY_SHELL_ALLOW"] == "" and data["BUDDY_PYTHON_ALLOW"] == ""
+    assert check_visibility_timeout(default_registry(), float(data["BUDDY_VISIBILITY_TIMEOUT_S"])).ok
+
+
+def test_k8s_worker_deployment_per_agent_scaled_by_keda_on_its_queue(k8s: list[dict[str, Any]]) -> None:
+    workers = [
+        d
+        for d in _of_kind(k8s, "Deployment")
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
+    ]
+    assert workers
+    scaled = {s["spec"]["scaleTargetRef"]["name"]: s for s in _of_kind(k8s, "ScaledObject")}
+    for d in workers:
+        [c] = _pod_spec(d)["containers"]
+        agent = c["args"][c["args"].index("--agent") + 1]
+        assert d["metadata"]["labels"]["buddy.io/agent"] == agent
+        assert d["metadata"]["name"] == f"buddy-worker-{agent}"
+        so = scaled[d["metadata"]["name"]]
+        assert so["spec"]["minReplicaCount"] >= 1  # `buddy run` aborts on an agent without workers
+        [trigger] = so["spec"]["triggers"]
+        meta = trigger["metadata"]
+        assert trigger["type"] == "redis"
+        assert meta["listName"] == f"buddy.agent.{agent}"
+        assert str(meta["listLength"]).isdigit() and int(meta["listLength"]) > 0
+        env = {e["name"] for e in c["env"]}
+        config = _of_kind(k8s, "ConfigMap")[0]["data"]
+        assert meta["passwordFromEnv"] in env
+        assert meta["addressFromEnv"] in env | set(config)
+
+
+def test_k8s_services_and_service_monitors_line_up(k8s: list[dict[str, Any]]) -> None:
+    pods = [(w, w["spec"]["template"]["metadata"]["labels"]) for w in _workloads(k8s)]
+    services = _of_kind(k8s, "Service")
+    for svc in services:
+        sel = svc["spec"]["selector"]
+        matches = [w for w, labels in pods if sel.items() <= labels.items()]
+        assert matches, f"Service {svc['metadata']['name']} selects no pods"
+        ports = {p["name"] for w in matches for c in _pod_spec(w)["containers"] for p in c.get("ports", [])}
+        for p in svc["spec"]["ports"]:
+            assert p["targetPort"] in ports, f"{svc['metadata']['name']}: no container port {p['targetPort']}"
+
+    def selects(sm: dict[str, Any], svc: dict[str, Any]) -> bool:
+        labels = svc["metadata"]["labels"]
+        sel = sm["spec"]["selector"]
+        if not sel.get("matchLabels", {}).items() <= labels.items():
+            return False
+        return all(labels.get(e["key"]) in e["values"] for e in sel.get("matchExpressions", []))
+
+    monitored = set()
+    for sm in _of_kind(k8s, "ServiceMonitor"):
+        chosen = [s for s in services if selects(sm, s)]
+        assert chosen, f"ServiceMonitor {sm['metadata']['name']} selects no Service"
+        for ep in sm["spec"]["endpoints"]:
+            assert ep["path"] == "/metrics"
+            for s in chosen:
+                assert ep["port"] in {p["name"] for p in s["spec"]["ports"]}
+        monitored |= {s["metadata"]["name"] for s in chosen}
+    assert monitored == {"buddy-flower", "buddy-exporter", "buddy-coordinator"}
+
+
+def test_operations_doc_covers_the_topics() -> None:
+    raw = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    text = raw.lower()
+    for topic in (
+        "sizing",
+        "visibility timeout",
+        "persistence",
+        "upgrade",
+        "what to watch",
+        "signing",
+        "tls",
+    ):
+        assert topic in text, f"docs/operations.md says nothing about {topic}"
+    for path in re.findall(r"`((?:ops|docs)/[\w./-]+)`", raw):
+        assert (ROOT / path).exists(), f"docs/operations.md names {path}, which does not exist"

@@ -26,7 +26,7 @@ def test_happy_path_is_legal() -> None:
     ("frm", "to"),
     [
         (S.PENDING, S.RUNNING),
-        (S.VALIDATED, S.SUCCEEDED),
+        (S.VALIDATED, S.RUNNING),
         (S.AWAITING_APPROVAL, S.QUEUED),  # an approval is needed before queueing
         (S.DENIED, S.QUEUED),  # denied is final: nothing of the task runs
         (S.SKIPPED, S.RUNNING),

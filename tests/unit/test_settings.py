@@ -17,7 +17,7 @@ def test_defaults_without_environment() -> None:
     s = get_settings()
     assert s.redis_url is None
     assert (s.shell_allow, s.python_allow, s.tools) == ([], [], [])
-    assert s.visibility_timeout_s == 3600
+    assert s.visibility_timeout_s == 7200
     assert (s.heartbeat_interval_s, s.heartbeat_stale_s) == (2.0, 10.0)
     assert s.events_maxlen == 10_000
     assert s.log_format == "text"

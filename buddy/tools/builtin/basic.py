@@ -131,8 +131,9 @@ def _sleep_dry_run(args: SleepArgs, ctx: ToolContext) -> dict[str, object]:
     description="Wait the given number of seconds.",
     risk=Risk.LOW,
     idempotent=True,
-    timeout_s=3660.0,
-    retry=DEFAULT_RETRY,
+    timeout_s=3610.0,
+    timeout_of=lambda args: args.seconds + 10.0,
+    retry=NO_RETRY,  # nothing in a sleep fails retryably
     mock=_sleep_mock,
     dry_run=_sleep_dry_run,
     expected_duration=lambda args: args.seconds,
@@ -156,10 +157,10 @@ def sleep(args: SleepArgs, ctx: ToolContext) -> SleepResult:
 
 
 class FlakyArgs(_Args):
-    """``fail_first``: how many first attempts fail; ``seconds``: wait before each outcome, 0–3600."""
+    """``fail_first``: how many first attempts fail; ``seconds``: wait before each outcome, 0–600."""
 
     fail_first: int = Field(ge=0)
-    seconds: float = Field(default=0.0, ge=0.0, le=3600.0)
+    seconds: float = Field(default=0.0, ge=0.0, le=600.0)
 
 
 class FlakyResult(BaseModel):
@@ -189,7 +190,8 @@ def _flaky_dry_run(args: FlakyArgs, ctx: ToolContext) -> dict[str, object]:
     description="Fail retryably on the first attempts, then succeed (a retry rehearsal).",
     risk=Risk.LOW,
     idempotent=True,
-    timeout_s=3660.0,
+    timeout_s=610.0,
+    timeout_of=lambda args: args.seconds + 10.0,
     retry=DEFAULT_RETRY,
     mock=_flaky_mock,
     dry_run=_flaky_dry_run,
