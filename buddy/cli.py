@@ -308,6 +308,22 @@ def run(
             "task that fails (100%) aborts; 100 never aborts.",
         ),
     ] = None,
+    min_health: Annotated[
+        float | None,
+        typer.Option(
+            "--min-health",
+            min=0,
+            max=100,
+            help="Abort (exit 3) when a wave's health score (0-100) falls below this.",
+        ),
+    ] = None,
+    optimize: Annotated[
+        bool,
+        typer.Option(
+            "--optimize/--no-optimize",
+            help="Between waves, re-tune agents and re-assign the next wave (default), or keep a static plan.",
+        ),
+    ] = True,
     max_failures: Annotated[
         int | None,
         typer.Option(
@@ -394,6 +410,8 @@ def run(
         rollback_on_abort=rollback_on_abort,
         rollback_scope=rollback_scope.value,
         wave_timeout_s=wave_timeout,
+        optimize=optimize,
+        min_health=min_health,
     )
     _execute(cp, options, url, specs, n_local, worker_env, tool_modules, metrics_port, metrics_address)
 
@@ -614,6 +632,15 @@ def worker(
     local: Annotated[
         bool, typer.Option("--local", hidden=True, help="Started by `buddy run`: skip mingle and gossip.")
     ] = False,
+    inject_failure_rate: Annotated[
+        float | None,
+        typer.Option(
+            "--inject-failure-rate",
+            min=0.0,
+            max=1.0,
+            help="TESTING AID: fail this fraction (0-1) of attempts with a retryable InjectedFailure.",
+        ),
+    ] = None,
     coordinator_queue: Annotated[
         bool, typer.Option("--coordinator-queue/--no-coordinator-queue", help="Also run chord bodies.")
     ] = True,
@@ -631,6 +658,8 @@ def worker(
         os.environ["BUDDY_REDIS_URL"] = redis_url
     if tools:
         os.environ["BUDDY_TOOLS"] = ",".join([*get_settings().tools, *_split(tools)])
+    if inject_failure_rate is not None:
+        os.environ["BUDDY_INJECT_FAILURE_RATE"] = str(inject_failure_rate)
     get_settings.cache_clear()
     try:
         from buddy.tools.registry import default_registry

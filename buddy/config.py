@@ -50,6 +50,9 @@ class Settings(BaseSettings):
       third of it while the tool runs); ``BUDDY_LEASE_WAIT_S`` (10): how long a task waits for
       its leases before it ends ``conflict`` (retried).
     - ``BUDDY_LOG_FORMAT``: ``text`` or ``json``; ``BUDDY_LOG_LEVEL``.
+    - ``BUDDY_INJECT_FAILURE_RATE`` (0): a testing aid (``buddy worker --inject-failure-rate``):
+      this fraction (0–1) of the worker's task attempts fail with a retryable
+      ``InjectedFailure`` before the tool runs. Never set it on a production fleet.
     """
 
     model_config = SettingsConfigDict(env_prefix="BUDDY_", extra="ignore")
@@ -63,6 +66,7 @@ class Settings(BaseSettings):
     heartbeat_stale_s: float = Field(default=10.0, gt=0)
     events_maxlen: int = Field(default=10_000, ge=100)
     lease_ttl_s: float = Field(default=30.0, gt=0)
+    inject_failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     lease_wait_s: float = Field(default=10.0, ge=0)
     result_expires_s: int = Field(default=86_400, ge=60)
     signing_key: str | None = None

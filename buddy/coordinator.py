@@ -34,6 +34,8 @@ from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from buddy.errors import CampaignAborted
+from buddy.learning import Learner
 from buddy.lifecycle import TaskLifecycle, Transition
 from buddy.logs import log_context
 from buddy.metrics import CampaignMetrics, error_budget
@@ -58,10 +60,12 @@ from buddy.models import (
     agent_queue,
     utcnow,
 )
-from buddy.monitor import summarize_wave
+from buddy.monitor import HealthReport, summarize_wave
+from buddy.optimizer import optimizer_markdown
 from buddy.outputs import OutputWriter
 from buddy.plan import CampaignPlan, PlannedTask
 from buddy.report import ReportContext, render_report
+from buddy.report_html import render_html
 from buddy.rollback import compensate
 from buddy.safety import Approvals, EscalationPolicy, Gate, escalate
 from buddy.state import Store
@@ -129,14 +133,6 @@ def wave_deadline_s(
     return worst + margin_s
 
 
-class CampaignAborted(Exception):
-    """Internal: a rule stopped the campaign; ``reason`` goes into the summary and report."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 class CampaignOptions(BaseModel):
     """How one campaign runs (stored in Redis so ``buddy resume`` runs it the same way).
 
@@ -162,6 +158,8 @@ class CampaignOptions(BaseModel):
     rollback_on_abort: bool = False
     rollback_scope: str = "wave"
     wave_timeout_s: float | None = None
+    optimize: bool = True
+    min_health: float | None = None
     resume: bool = False
 
 
@@ -197,6 +195,17 @@ class Coordinator:
         self.aborted_wave: int | None = None
         self.rollbacks: list[RollbackEvent] = []
         self.preexisting: set[str] = set()  # outcomes a resumed campaign already had
+        self.done_before: set[int] = set()  # waves a resumed campaign had finished
+        self.learner = Learner(
+            plan,
+            store,
+            app,
+            self.out,
+            self.console,
+            campaign_id=self.cid,
+            optimize=options.optimize,
+            min_health=options.min_health,
+        )
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -291,6 +300,9 @@ class Coordinator:
         and rebuild the tool log from them (later waves append as usual)."""
         self.outcomes = self.store.outcomes(self.cid)
         self.preexisting = set(self.outcomes)
+        self.done_before = {
+            n for n, pts in self.plan.waves.items() if all(p.task.task_id in self.outcomes for p in pts)
+        }
         for tid in self.plan.tasks:
             o = self.outcomes.get(tid)
             self.lifecycle.state[tid] = o.status if o is not None else TaskStatus.VALIDATED
@@ -390,6 +402,10 @@ class Coordinator:
         return out
 
     def _run_wave(self, n: int, progress: Progress) -> None:
+        if n in self.done_before:
+            self.learner.adopt(n)  # a resumed campaign's finished wave: its report, not its files again
+        else:
+            self.learner.prepare(n, self._healthy_agents())  # the optimizer assigns this wave
         tasks = self.plan.waves[n]
         ids = [t.task.task_id for t in tasks]
         if self.metrics is not None:
@@ -415,7 +431,8 @@ class Coordinator:
                 pre.append(self._closed(pt, TaskStatus.SKIPPED, "upstream_failed", reason))
                 continue
             risk = self._risk(pt)
-            gate = escalate(self.opts.mode, risk, pt.task.confidence, self.opts.escalation, locked=lock)
+            confidence = pt.task.confidence * self.learner.weight(pt.agent)  # the agent's calibration
+            gate = escalate(self.opts.mode, risk, confidence, self.opts.escalation, locked=lock)
             gates[tid] = gate
             if gate.needs_approval:
                 self._move(tid, TaskStatus.AWAITING_APPROVAL, f"{risk.value} task would run live")
@@ -429,6 +446,7 @@ class Coordinator:
                     )
                 else:
                     waiting.append(pt)
+        requested = sum(1 for g in gates.values() if g.needs_approval)
         if waiting:
             for pt, why, by in self._await_approvals(n, waiting, progress):
                 pre.append(self._closed(pt, TaskStatus.DENIED, "approval_denied", why, mode=Mode.LIVE, by=by))
@@ -444,6 +462,9 @@ class Coordinator:
                 self._move(tid, TaskStatus.QUEUED, f"wave {n} on {agent_queue(agent)}", gates[tid].reason)
         tasks = self.plan.waves[n]
         self._write_assignments(n, tasks, gates)
+        denied = {o.task_id for o in pre if o.status is TaskStatus.DENIED}
+        approved = [t for t, g in gates.items() if g.needs_approval and t not in denied]
+        self.learner.store_inputs(n, tasks, approved=approved, requested=requested, granted=len(approved))
         sent = sum(len(v) for v in to_send.values())
         bar = progress.add_task("", total=len(tasks), wave=n, failed=0, running=0)
         self.store.start_wave(self.cid, n, dispatched=sent)
@@ -462,13 +483,15 @@ class Coordinator:
             bar, completed=len(got), failed=summary.counts.total - summary.counts.succeeded, running=0
         )
         self.wave_summaries.append(summary)
-        if self.metrics is not None:
-            self.metrics.observe_outcomes(wave_outcomes)
-            self.metrics.set_wave_health(n, summary.success_rate * 100)  # until the monitor's score
-            contention = self.store.wave_counters(self.cid, n).get("lease_contention") or 0
-            self.metrics.inc_lease_contention(int(contention))
         self._write_wave_outputs(n, wave_outcomes)
         self.store.event(self.cid, "wave_finished", wave=n, by_status=summary.counts.by_status)
+        report = self.learner.after_wave(n) if n not in self.done_before else None
+        if self.metrics is not None:
+            self.metrics.observe_outcomes(wave_outcomes)
+            if report is not None:
+                self.metrics.set_wave_health(n, report.health.score)
+            contention = self.store.wave_counters(self.cid, n).get("lease_contention") or 0
+            self.metrics.inc_lease_contention(int(contention))
         self._check_thresholds(n, wave_outcomes)
 
     def _compensate(self) -> None:
@@ -793,20 +816,34 @@ class Coordinator:
                     mode_reason=gates[pt.task.task_id].reason if pt.task.task_id in gates else None,
                 )
             )
-        for agent, rows in by_agent.items():
-            self.out.write_jsonl(self.out.agent_dir(n, agent) / OutputWriter.ASSIGNMENTS, rows)
+        for agent in sorted({a.id for a in self.plan.agents} | set(by_agent)):  # every agent: one layout
+            self.out.write_jsonl(
+                self.out.agent_dir(n, agent) / OutputWriter.ASSIGNMENTS, by_agent.get(agent, [])
+            )
 
     def _write_wave_outputs(self, n: int, outcomes: list[Outcome]) -> None:
         by_agent: dict[str, list[Outcome]] = defaultdict(list)
         for o in outcomes:
             by_agent[o.agent_id or "-"].append(o)
-        for agent, rows in by_agent.items():
-            self.out.write_jsonl(self.out.agent_dir(n, agent) / OutputWriter.EXECUTED, rows)
+        for agent in sorted({a.id for a in self.plan.agents} | set(by_agent)):
+            self.out.write_jsonl(
+                self.out.agent_dir(n, agent) / OutputWriter.EXECUTED, by_agent.get(agent, [])
+            )
         new = [o for o in outcomes if o.task_id not in self.preexisting]
         self.out.append_jsonl(OutputWriter.TOOL_LOG, (e for o in new for e in tool_log_entries(o)))
         self._flush_transitions()
         for o in outcomes:  # the workers moved these; follow them so later moves stay legal
             self.lifecycle.state[o.task_id] = o.status
+
+    def _write_html(self, summary: ExecutionSummary, final: HealthReport | None) -> None:
+        """``report.html``: charts of health per wave, throughput per agent, latency (self-contained)."""
+        doc = summary.model_dump(mode="json")
+        doc["optimizer"] = [d.model_dump(mode="json") for d in self.learner.decisions]
+        healths = [r.health for r in self.learner.reports] + ([final] if final is not None else [])
+        html = render_html(
+            doc, [r.metrics for r in self.learner.reports], list(self.outcomes.values()), healths
+        )
+        self.out.write_text(OutputWriter.HTML, html)
 
     def _flush_transitions(self) -> None:
         rows = [*self.transitions, *self.store.pop_transitions(self.cid)]
@@ -841,6 +878,7 @@ class Coordinator:
             "interrupted": EXIT_INTERRUPTED,
         }[status]
         end = utcnow()
+        _, final_health = self.learner.finish(list(self.outcomes.values()))
         summary = ExecutionSummary(
             campaign_id=self.cid,
             status=status,
@@ -853,6 +891,8 @@ class Coordinator:
             end_time=end,
             wall_s=(end - self.start_time).total_seconds(),
             abort_reason=abort_reason,
+            health=final_health.score if final_health else None,
+            health_status=final_health.status if final_health else None,
         )
         self.out.write_json(OutputWriter.SUMMARY, summary)
         failed = [o for o in self.outcomes.values() if o.status is not TaskStatus.SUCCEEDED]
@@ -871,8 +911,15 @@ class Coordinator:
             max_failures=self.opts.max_failures,
             approvals=self.approvals.get(self.cid),
             rollbacks=self.rollbacks,
+            reports=self.learner.reports,
+            optimizer=optimizer_markdown(
+                self.learner.decisions, self.learner.changes, self.learner.adjustments
+            )
+            if self.opts.optimize
+            else "## What the optimizer changed and why\n\nNothing: the campaign ran with --no-optimize.",
         )
         self.out.write_text(OutputWriter.REPORT, render_report(summary, self.plan, failed, context))
+        self._write_html(summary, final_health)
         self.store.update_campaign(self.cid, status=status, ended_at=end.isoformat(), exit_code=exit_code)
         self.store.event(self.cid, "campaign_finished", status=status, exit_code=exit_code)
         return summary

@@ -13,6 +13,7 @@ catch one root. The tree::
     │   ├── ToolDeniedError    a worker policy refused the call (allow-lists): outcome ``denied``
     │   └── ToolTimeoutError   the call ran past its timeout: outcome ``timed_out``
     ├── StateError             Redis state is not what the caller required
+    ├── CampaignAborted        a rule stopped a campaign (thresholds, min health, an operator)
     └── InfrastructureError    Redis or worker processes could not be started or reached
 
 Tool errors never travel through Celery: the worker turns them into outcomes
@@ -79,6 +80,16 @@ class ToolDeniedError(ToolError):
 
 class ToolTimeoutError(ToolError):
     """Raised when a tool ran past its timeout and was stopped; the outcome is ``timed_out``."""
+
+
+class CampaignAborted(BuddyError):
+    """Raised inside the coordinator when a rule stops the campaign (``--max-fail-percentage``,
+    ``--max-failures``, ``--min-health``, ``buddy abort``, no live agent); ``reason`` goes into
+    the summary and the report, and the exit code is 3."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class StateError(BuddyError):

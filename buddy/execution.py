@@ -22,6 +22,7 @@ For each task of a batch, in order:
 from __future__ import annotations
 
 import logging
+import random
 import signal
 import threading
 import time
@@ -101,6 +102,8 @@ class Executor:
         stale_s: float = 10.0,
         renew_s: float = 2.0,
         conflict_attempts: int = 5,
+        inject_failure_rate: float = 0.0,
+        rng: random.Random | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -111,6 +114,8 @@ class Executor:
         self.stale_s = stale_s
         self.renew_s = renew_s
         self.conflict_attempts = conflict_attempts
+        self.inject_failure_rate = inject_failure_rate
+        self.rng = rng or random.Random()
         self._live: dict[tuple[str, str], Claim] = {}
         self._live_lock = threading.Lock()
         self._renewer: threading.Thread | None = None
@@ -340,6 +345,11 @@ class Executor:
         start = utcnow()
         t0 = time.perf_counter()
         try:
+            if self.inject_failure_rate and self.rng.random() < self.inject_failure_rate:
+                raise RetryableToolError(
+                    "injected transient failure (BUDDY_INJECT_FAILURE_RATE, a testing aid)",
+                    error_type="InjectedFailure",
+                )
             if spec.mode is Mode.MOCK:
                 result = contract.mock_result(run.args)
             elif spec.mode is Mode.DRY_RUN:

@@ -264,6 +264,7 @@ class ScheduleAdjustment(BaseModel):
     wave: int
     from_agent: str | None
     to_agent: str
+    pinned: bool = False
     reason: str
     at: datetime = Field(default_factory=utcnow)
 
@@ -360,3 +361,5 @@ class ExecutionSummary(BaseModel):
     end_time: datetime | None
     wall_s: float
     abort_reason: str | None = None
+    health: float | None = None
+    health_status: str | None = None

@@ -64,7 +64,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from buddy.models import AgentSpec, Strategy, utcnow
+from buddy.models import AgentSpec, ScheduleAdjustment, Strategy, utcnow
 from buddy.monitor import AgentWaveMetrics, WaveMetrics
 from buddy.plan import PlannedTask
 
@@ -440,17 +440,6 @@ class AgentEstimate(BaseModel):
     observations: int = 0
 
 
-class ScheduleAdjustment(BaseModel):
-    """One task the scheduler moved off its planned agent; a line of ``adjusted_schedule.jsonl``."""
-
-    task_id: str
-    wave: int
-    from_agent: str
-    to_agent: str
-    pinned: bool = False
-    reason: str
-
-
 class AdaptiveScheduler:
     """Assigns waves from exponentially weighted per-agent speed and success (module docstring)."""
 
@@ -684,7 +673,7 @@ def optimizer_markdown(
             lines.append(f"\n… and {len(changes) - max_rows} more in `{TUNED_PARAMETERS_FILE}`.")
         lines.append("")
     if adjustments:
-        moved: dict[tuple[int, str, str], int] = {}
+        moved: dict[tuple[int, str | None, str], int] = {}
         for adj in adjustments:
             key = (adj.wave, adj.from_agent, adj.to_agent)
             moved[key] = moved.get(key, 0) + 1

@@ -18,6 +18,7 @@ class OutputWriter:
     CAMPAIGN = "campaign.json"
     SUMMARY = "execution_summary.json"
     REPORT = "report.md"
+    HTML = "report.html"
     TOOL_LOG = "tool_execution_log.jsonl"
     TRANSITIONS = "state_transitions.jsonl"
     CONFLICTS = "conflicts.json"

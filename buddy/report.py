@@ -7,6 +7,7 @@ succeed (at most 50, with their errors), and what the exit code means.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from buddy.models import ExecutionSummary, Outcome, RollbackEvent, TaskStatus
 from buddy.plan import CampaignPlan
@@ -31,6 +32,8 @@ class ReportContext:
     max_failures: int | None = None
     approvals: list[Approval] = field(default_factory=list)
     rollbacks: list[RollbackEvent] = field(default_factory=list)
+    reports: list[Any] = field(default_factory=list)  # buddy.analysis.WaveReport per wave
+    optimizer: str = ""  # the "What the optimizer changed and why" section (Markdown)
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -135,6 +138,44 @@ def render_report(
         out.append(_table(["task", "wave", "agent", "status", "error type", "error"], rows))
         if len(not_succeeded) > MAX_LISTED:
             out.append(f"\n… and {len(not_succeeded) - MAX_LISTED} more (see `executed_tasks.jsonl`).")
+    if ctx.reports:
+        out += ["", "## Health, anomalies and recommendations", ""]
+        out.append(
+            _table(
+                [
+                    "wave",
+                    "health",
+                    "status",
+                    "success",
+                    "throughput/s",
+                    "p95 ms",
+                    "schedule adherence",
+                    "anomalies",
+                ],
+                [
+                    [
+                        str(r.metrics.wave),
+                        f"{r.health.score:.0f}",
+                        str(r.health.status),
+                        f"{r.metrics.success_rate:.2f}",
+                        f"{r.metrics.throughput_tps:.1f}",
+                        f"{r.metrics.latency_p95_ms:.0f}",
+                        f"{r.metrics.schedule_adherence:.2f}",
+                        ", ".join(a.type for a in r.anomalies) or "–",
+                    ]
+                    for r in ctx.reports
+                ],
+            )
+        )
+        seen: set[str] = set()
+        for r in ctx.reports:
+            for a in r.anomalies:
+                if a.type not in seen:
+                    seen.add(a.type)
+                    where = f"severity {a.severity}, wave {r.metrics.wave}"
+                    out.append(f"- **{a.type}** ({where}): {a.message}; {a.recommended_action}")
+    if ctx.optimizer:
+        out += ["", ctx.optimizer]
     if ctx.rollbacks:
         out += ["", "## Rollback", ""]
         out.append(

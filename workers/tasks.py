@@ -14,6 +14,7 @@ from typing import Any
 from celery import Task
 from celery.signals import task_revoked
 
+from buddy.analysis import analyze
 from buddy.config import get_settings
 from buddy.execution import Executor
 from buddy.leases import LeaseManager
@@ -51,6 +52,7 @@ def executor(hostname: str) -> Executor:
         leases=LeaseManager(st.r, ttl_s=s.lease_ttl_s, wait_s=s.lease_wait_s),
         stale_s=s.heartbeat_stale_s,
         renew_s=s.heartbeat_interval_s,
+        inject_failure_rate=s.inject_failure_rate,
     )
 
 
@@ -94,10 +96,14 @@ def execute_batch(
 def wave_complete(
     results: list[list[list[str]]], campaign_id: str, wave: int, token: str = ""
 ) -> dict[str, Any]:
-    """Chord body: summarize the wave from the outcomes in Redis and wake the coordinator."""
-    ids = [pair[0] for batch in results for pair in batch]
+    """Chord body: the feedback loop and monitor over the wave's outcomes (:func:`buddy.analysis.analyze`),
+    then wake the coordinator with the wave's summary."""
     st = store()
-    summary = summarize_wave(campaign_id, wave, st.outcomes(campaign_id, ids).values())
+    try:
+        summary = analyze(st, campaign_id, wave).summary
+    except LookupError:  # a wave sent without inputs (an older coordinator): summary only
+        ids = [pair[0] for batch in results for pair in batch]
+        summary = summarize_wave(campaign_id, wave, st.outcomes(campaign_id, ids).values())
     st.finish_wave(campaign_id, summary, token)
     return {"wave": wave, "total": summary.counts.total, "by_status": summary.counts.by_status}
 

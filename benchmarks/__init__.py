@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m benchmarks.throughput`` (a raw Celery chord against Buddy on one fleet)."""
