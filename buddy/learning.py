@@ -5,8 +5,10 @@ After wave ``n`` the :class:`Learner` takes the chord body's :class:`~buddy.anal
 on ``--min-health``, and, unless ``--no-optimize``, prepares wave ``n + 1``:
 
 1. the meta-optimizer picks a goal from the metrics so far and says why (log and report);
-2. the agent tuner re-tunes each agent (``tuned_parameters.jsonl``): concurrency is applied
-   with Celery's remote control (``pool_grow`` / ``pool_shrink`` to that agent's workers),
+2. the agent tuner re-tunes each agent (``tuned_parameters.jsonl``): a larger concurrency is
+   applied with Celery's remote control (``pool_grow`` to that agent's workers); a smaller one
+   is recorded only, because the scheduler already gives a failing or slow agent less work and
+   a prefork ``pool_shrink`` just before a wave was measured to hold a task back ~3.5 s;
    batch size sets the agent's tasks per message, the confidence weight scales its tasks'
    confidence against the escalation thresholds and feeds the ``confidence`` strategy;
    retries and timeout are recorded as advice (the tools' contracts stay in force);
@@ -192,17 +194,14 @@ class Learner:
             self.console.print(f"optimizer, wave {n}: moved {len(moves)} task(s) (adjusted_schedule.jsonl)")
 
     def _apply_pools(self, deltas: dict[str, int]) -> None:
-        """Grow or shrink each agent's worker pools (Celery remote control, fire and forget)."""
+        """Grow agents' worker pools (Celery remote control ``pool_grow``, fire and forget)."""
         specs = {a.id: a for a in self.plan.agents}
         for aid, delta in deltas.items():
-            if not delta or aid not in specs:
-                continue
+            if delta <= 0 or aid not in specs:
+                continue  # shrinking is advice only (module docstring)
             workers = self.store.live_workers(aid)
             if workers:
-                if delta > 0:
-                    self.app.control.pool_grow(delta, destination=workers)
-                else:
-                    self.app.control.pool_shrink(-delta, destination=workers)
+                self.app.control.pool_grow(delta, destination=workers)
             new = max(1, specs[aid].concurrency + delta)
             self.plan.agents = [
                 a if a.id != aid else a.model_copy(update={"concurrency": new}) for a in self.plan.agents
