@@ -303,7 +303,8 @@ def run(
             "--max-fail-percentage",
             min=0,
             max=100,
-            help="Abort when MORE than P% of a wave's tasks fail (failed, timed_out, needs_review); "
+            help="Abort when MORE than P% of a wave's tasks fail (failed, timed_out, rolled_back, "
+            "needs_review, lost); "
             "later waves are not sent, exit 3. 0 aborts on the first failure; with P=50 a wave of one "
             "task that fails (100%) aborts; 100 never aborts.",
         ),
@@ -321,7 +322,7 @@ def run(
         bool,
         typer.Option(
             "--optimize/--no-optimize",
-            help="Between waves, re-tune agents and re-assign the next wave (default), or keep a static plan.",
+            help="Between waves, re-tune agents and re-assign the next wave (default), or keep the plan.",
         ),
     ] = True,
     max_failures: Annotated[

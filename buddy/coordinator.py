@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import secrets
 import time
 from collections import defaultdict
@@ -34,6 +33,7 @@ from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from buddy.dispatch import batch_size, wave_deadline_s
 from buddy.errors import CampaignAborted
 from buddy.learning import Learner
 from buddy.lifecycle import TaskLifecycle, Transition
@@ -42,7 +42,6 @@ from buddy.metrics import CampaignMetrics, error_budget
 from buddy.models import (
     COORDINATOR_QUEUE,
     AgentAssignment,
-    AgentSpec,
     AgentSummary,
     CampaignInfo,
     CampaignStatus,
@@ -55,14 +54,13 @@ from buddy.models import (
     StatusCounts,
     TaskSpec,
     TaskStatus,
-    ToolExecutionLogEntry,
     WaveSummary,
     agent_queue,
     utcnow,
 )
 from buddy.monitor import HealthReport, summarize_wave
 from buddy.optimizer import optimizer_markdown
-from buddy.outputs import OutputWriter
+from buddy.outputs import OutputWriter, tool_log_entries
 from buddy.plan import CampaignPlan, PlannedTask
 from buddy.report import ReportContext, render_report
 from buddy.report_html import render_html
@@ -74,63 +72,24 @@ from buddy.transport import EXECUTE_TASK, WAVE_COMPLETE_TASK
 
 EXIT_OK, EXIT_FAILURES, EXIT_INVALID, EXIT_ABORTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
-#: Batches whose tasks are expected to take at least this long go one per message.
-LONG_TASK_S = 0.5
-#: Upper bound on tasks per message.
-MAX_BATCH = 64
-#: Statuses that count against ``--max-fail-percentage`` and ``--max-failures``.
-FAILURE_STATUSES = frozenset({TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.NEEDS_REVIEW})
+
+#: Statuses that count against ``--max-fail-percentage`` and ``--max-failures``: the task's
+#: effect failed, was undone after failing, or is unknown.
+FAILURE_STATUSES = frozenset(
+    {
+        TaskStatus.FAILED,
+        TaskStatus.TIMED_OUT,
+        TaskStatus.NEEDS_REVIEW,
+        TaskStatus.ROLLED_BACK,
+        TaskStatus.LOST,
+    }
+)
 
 
 def new_campaign_id(now: datetime | None = None) -> str:
     """``c-YYYYmmddTHHMMSS-xxxxxx`` (UTC time and 6 random hex digits)."""
     now = now or utcnow()
     return f"c-{now:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
-
-
-def batch_size(n_tasks: int, slots: int, expected_s: float | None, fixed: int | None = None) -> int:
-    """Tasks per Celery message for one agent's share of a wave.
-
-    ``fixed`` (``--batch-size``) wins. Tasks expected to take ``LONG_TASK_S`` or longer go
-    one per message so they spread over workers; otherwise about four messages per
-    execution slot (``slots`` = concurrency × live workers), at most ``MAX_BATCH`` tasks each,
-    which keeps every slot busy while Celery's per-message cost is shared by many tasks.
-    """
-    if fixed:
-        return fixed
-    if expected_s is not None and expected_s >= LONG_TASK_S:
-        return 1
-    return max(1, min(MAX_BATCH, math.ceil(n_tasks / (max(1, slots) * 4))))
-
-
-def wave_deadline_s(
-    to_send: dict[str, list[PlannedTask]],
-    agents: list[AgentSpec],
-    registry: ToolRegistry,
-    margin_s: float = 60.0,
-) -> float:
-    """Seconds a wave may run before members without an outcome count as ``lost``.
-
-    Per agent: the sum of its tasks' worst case (a tool that states its duration: 4 × that
-    + 5 s; otherwise its timeout × attempts plus the retry backoff between them) divided by
-    the agent's concurrency; the slowest agent, plus ``margin_s``. ``--wave-timeout`` wins.
-    """
-    conc = {a.id: a.concurrency for a in agents}
-    worst = 0.0
-    for agent, pts in to_send.items():
-        total = 0.0
-        for pt in pts:
-            contract = registry.get(pt.task.tool)
-            if pt.expected_s is not None:
-                total += 4 * pt.expected_s + 5
-                continue
-            args = contract.parse_args(pt.task.args)
-            policy = contract.retry
-            total += contract.timeout_for(args) * policy.max_attempts + sum(
-                policy.delay_s(k) for k in range(1, policy.max_attempts)
-            )
-        worst = max(worst, total / conc.get(agent, 1))
-    return worst + margin_s
 
 
 class CampaignOptions(BaseModel):
@@ -545,7 +504,7 @@ class Coordinator:
 
     def _check_thresholds(self, n: int, wave_outcomes: list[Outcome]) -> None:
         """Abort when the wave's failures are *more than* ``max_fail_percentage`` of its tasks, or
-        the campaign's failures are more than ``max_failures`` (failed, timed_out, needs_review)."""
+        the campaign's failures are more than ``max_failures`` (:data:`FAILURE_STATUSES`)."""
         failed = sum(1 for o in wave_outcomes if o.status in FAILURE_STATUSES)
         self.failures += failed
         if self.metrics is not None:
@@ -923,48 +882,6 @@ class Coordinator:
         self.store.update_campaign(self.cid, status=status, ended_at=end.isoformat(), exit_code=exit_code)
         self.store.event(self.cid, "campaign_finished", status=status, exit_code=exit_code)
         return summary
-
-
-def tool_log_entries(o: Outcome) -> list[ToolExecutionLogEntry]:
-    """One ``tool_execution_log.jsonl`` line per attempt of ``o``: its earlier failed attempts,
-    then the last one; none for a task whose tool never ran (skipped, invalid)."""
-    common = {
-        "campaign_id": o.campaign_id,
-        "task_id": o.task_id,
-        "tool": o.tool or "",
-        "agent_id": o.agent_id,
-        "wave": o.wave,
-        "mode": o.mode,
-        "worker": o.worker,
-    }
-    rows = [
-        ToolExecutionLogEntry(
-            **common,
-            attempt=e.attempt,
-            status=TaskStatus.FAILED,
-            start_time=None,
-            end_time=e.at,
-            duration_ms=0.0,
-            error_type=e.error_type,
-            error_msg=e.error_msg,
-        )
-        for e in o.errors
-        if e.attempt < o.attempts
-    ]
-    if o.attempts:
-        rows.append(
-            ToolExecutionLogEntry(
-                **common,
-                attempt=o.attempts,
-                status=o.status,
-                start_time=o.start_time,
-                end_time=o.end_time,
-                duration_ms=o.duration_ms,
-                error_type=o.error_type,
-                error_msg=o.error_msg,
-            )
-        )
-    return rows
 
 
 def _no_worker_message(agents: list[str], waited_s: float) -> str:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from buddy.models import Outcome, TaskStatus, ToolExecutionLogEntry
+
 
 class OutputWriter:
     """Writes the files of ``outputs/<campaign>/`` under ``root``."""
@@ -59,3 +61,45 @@ class OutputWriter:
         path = self.root / name
         path.write_text(text, encoding="utf-8")
         return path
+
+
+def tool_log_entries(o: Outcome) -> list[ToolExecutionLogEntry]:
+    """One ``tool_execution_log.jsonl`` line per attempt of ``o``: its earlier failed attempts,
+    then the last one; none for a task whose tool never ran (skipped, invalid)."""
+    common = {
+        "campaign_id": o.campaign_id,
+        "task_id": o.task_id,
+        "tool": o.tool or "",
+        "agent_id": o.agent_id,
+        "wave": o.wave,
+        "mode": o.mode,
+        "worker": o.worker,
+    }
+    rows = [
+        ToolExecutionLogEntry(
+            **common,
+            attempt=e.attempt,
+            status=TaskStatus.FAILED,
+            start_time=None,
+            end_time=e.at,
+            duration_ms=0.0,
+            error_type=e.error_type,
+            error_msg=e.error_msg,
+        )
+        for e in o.errors
+        if e.attempt < o.attempts
+    ]
+    if o.attempts:
+        rows.append(
+            ToolExecutionLogEntry(
+                **common,
+                attempt=o.attempts,
+                status=o.status,
+                start_time=o.start_time,
+                end_time=o.end_time,
+                duration_ms=o.duration_ms,
+                error_type=o.error_type,
+                error_msg=o.error_msg,
+            )
+        )
+    return rows

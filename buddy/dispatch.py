@@ -1,0 +1,63 @@
+"""Sending a wave: how many tasks go in one Celery message, and how long a wave may take.
+
+:func:`batch_size` and :func:`wave_deadline_s` are pure; the coordinator applies them when it
+builds a wave's chord (DESIGN.md, data flow).
+"""
+
+from __future__ import annotations
+
+import math
+
+from buddy.models import AgentSpec
+from buddy.plan import PlannedTask
+from buddy.tools.registry import ToolRegistry
+
+#: Batches whose tasks are expected to take at least this long go one per message.
+LONG_TASK_S = 0.5
+#: Upper bound on tasks per message.
+MAX_BATCH = 64
+
+
+def batch_size(n_tasks: int, slots: int, expected_s: float | None, fixed: int | None = None) -> int:
+    """Tasks per Celery message for one agent's share of a wave.
+
+    ``fixed`` (``--batch-size``) wins. Tasks expected to take ``LONG_TASK_S`` or longer go
+    one per message so they spread over workers; otherwise about four messages per
+    execution slot (``slots`` = concurrency × live workers), at most ``MAX_BATCH`` tasks each,
+    which keeps every slot busy while Celery's per-message cost is shared by many tasks.
+    """
+    if fixed:
+        return fixed
+    if expected_s is not None and expected_s >= LONG_TASK_S:
+        return 1
+    return max(1, min(MAX_BATCH, math.ceil(n_tasks / (max(1, slots) * 4))))
+
+
+def wave_deadline_s(
+    to_send: dict[str, list[PlannedTask]],
+    agents: list[AgentSpec],
+    registry: ToolRegistry,
+    margin_s: float = 60.0,
+) -> float:
+    """Seconds a wave may run before members without an outcome count as ``lost``.
+
+    Per agent: the sum of its tasks' worst case (a tool that states its duration: 4 × that
+    + 5 s; otherwise its timeout × attempts plus the retry backoff between them) divided by
+    the agent's concurrency; the slowest agent, plus ``margin_s``. ``--wave-timeout`` wins.
+    """
+    conc = {a.id: a.concurrency for a in agents}
+    worst = 0.0
+    for agent, pts in to_send.items():
+        total = 0.0
+        for pt in pts:
+            contract = registry.get(pt.task.tool)
+            if pt.expected_s is not None:
+                total += 4 * pt.expected_s + 5
+                continue
+            args = contract.parse_args(pt.task.args)
+            policy = contract.retry
+            total += contract.timeout_for(args) * policy.max_attempts + sum(
+                policy.delay_s(k) for k in range(1, policy.max_attempts)
+            )
+        worst = max(worst, total / conc.get(agent, 1))
+    return worst + margin_s
