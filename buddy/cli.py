@@ -810,6 +810,8 @@ def agents(
                 str(a.in_flight),
                 str(a.processed),
                 str(a.failed),
+                ", ".join(f"{k}={a.params[k]}" for k in ("concurrency", "confidence_weight") if k in a.params)
+                or "–",
             )
         out.print(table)
     except redis_mod.RedisError as e:

@@ -171,6 +171,7 @@ class Learner:
         current = {a.id: a.concurrency for a in self.plan.agents}
         self.tuned, changes = self.tuner.tune(active, history, self.tuned, wave=n)
         self.changes += changes
+        self.store.set_agent_params({aid: t.model_dump(mode="json") for aid, t in self.tuned.items()})
         self._apply_pools(plan_pool_changes(current, self.tuned))
         by_agent: dict[str, list[ParameterChange]] = defaultdict(list)
         for c in changes:

@@ -437,6 +437,13 @@ class Store:
         rows = self.r.zrangebyscore(self.keys.agent_workers(agent_id), now - self.stale_s, "+inf")
         return sorted(_s(x) or "" for x in rows)
 
+    def set_agent_params(self, params: Mapping[str, Mapping[str, Any]]) -> None:
+        """Record each agent's tuned parameters (``buddy agents`` shows them)."""
+        pipe = self.r.pipeline(transaction=False)
+        for aid, p in params.items():
+            pipe.hset(self.keys.agent(aid), "params", json.dumps(dict(p)))
+        pipe.execute()
+
     def add_in_flight(self, agent_id: str, n: int) -> None:
         self.r.hincrby(self.keys.agent(agent_id), "in_flight", n)
 

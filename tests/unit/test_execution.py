@@ -512,3 +512,33 @@ def test_empty_batch(store: Store, ex: Executor) -> None:
     res = run(ex)
     assert (res.done, res.retry, res.retry_delay_s) == ([], [], 0.0)
     assert store.events(CID) == []
+
+
+def test_a_tool_past_its_timeout_is_stopped_and_ends_timed_out(store: Store) -> None:
+    """The worker's alarm (prefork/solo: the main thread) stops a tool that ignores its deadline."""
+    import time as _time
+
+    from pydantic import BaseModel
+
+    from buddy.tools import ToolRegistry
+    from buddy.tools import tool as register
+
+    class NoArgs(BaseModel):
+        pass
+
+    reg = ToolRegistry()
+    ran_to_end: list[bool] = []
+
+    def stubborn(args: NoArgs, ctx: Any) -> NoArgs:
+        _time.sleep(30)  # ignores ctx.deadline
+        ran_to_end.append(True)
+        return NoArgs()
+
+    register("t.stubborn", args=NoArgs, result=NoArgs, timeout_s=0.2, idempotent=True, registry=reg)(stubborn)
+    ex = Executor(store, reg, worker="w1")
+    t0 = _time.monotonic()
+    ex.run_batch(CID, 1, "a1", [TaskSpec(task_id="t1", tool="t.stubborn", mode=Mode.LIVE)])
+    elapsed = _time.monotonic() - t0
+    o = stored(store, "t1")
+    assert o.status is TaskStatus.TIMED_OUT and o.error_type == "ToolTimeoutError"
+    assert ran_to_end == [] and elapsed < 5  # stopped after timeout + grace (1.2 s), not 30 s
