@@ -131,7 +131,7 @@ def _order(pt: PlannedTask) -> tuple[int, int]:
 
 
 def _pairs_in_wave(
-    pts: list[PlannedTask], registry: ToolRegistry
+    pts: list[PlannedTask], exclusive_tools: set[str]
 ) -> list[tuple[ConflictType, str, list[PlannedTask]]]:
     """The conflict groups of one wave: (type, subject, tasks)."""
     writers: dict[str, list[PlannedTask]] = defaultdict(list)
@@ -140,7 +140,7 @@ def _pairs_in_wave(
     for pt in pts:
         for c in pt.claims:
             (writers if c.mode == "write" else readers)[c.name].append(pt)
-        if registry.get(pt.task.tool).exclusive:
+        if pt.task.tool in exclusive_tools:
             exclusive[pt.task.tool].append(pt)
     groups: list[tuple[ConflictType, str, list[PlannedTask]]] = []
     for name, ws in writers.items():
@@ -170,6 +170,13 @@ def resolve(plan: CampaignPlan, registry: ToolRegistry, policy: ConflictPolicy) 
 
     Raises :class:`PlanError` for a conflict whose resolution is ``reject``.
     """
+    from buddy.plan import gc_paused
+
+    with gc_paused():  # like reading the plan: many small objects, no cycles
+        return _resolve(plan, registry, policy)
+
+
+def _resolve(plan: CampaignPlan, registry: ToolRegistry, policy: ConflictPolicy) -> ConflictsReport:
     conflicts: list[Conflict] = []
     rejected: list[str] = []
     for tid, w, best, dep in plan.unpinned:
@@ -181,11 +188,20 @@ def resolve(plan: CampaignPlan, registry: ToolRegistry, policy: ConflictPolicy) 
             )
         )  # fmt: skip
 
-    # duplicates of irreversible calls, across the whole plan
+    # duplicates of irreversible calls, across the whole plan; a tool whose idempotency does
+    # not depend on its args is classified once (no per-task validation of 100k args)
+    tools = {pt.task.tool for pt in plan.tasks.values()}
+    contracts = {t: registry.get(t) for t in tools}
+    exclusive_tools = {t for t, c in contracts.items() if c.exclusive}
+    safe_tools = {
+        t for t, c in contracts.items() if c.reversible or (c.idempotent_of is None and c.idempotent)
+    }
     seen: dict[tuple[str, str], list[PlannedTask]] = defaultdict(list)
     for pt in plan.tasks.values():
-        contract = registry.get(pt.task.tool)
-        if not contract.reversible and not contract.is_idempotent(contract.parse_args(pt.task.args)):
+        if pt.task.tool in safe_tools:
+            continue
+        contract = contracts[pt.task.tool]
+        if contract.idempotent_of is None or not contract.is_idempotent(contract.parse_args(pt.task.args)):
             seen[(pt.task.tool, json.dumps(pt.task.args, sort_keys=True))].append(pt)
     for (tool, args), group in seen.items():
         if len(group) < 2:
@@ -218,7 +234,7 @@ def resolve(plan: CampaignPlan, registry: ToolRegistry, policy: ConflictPolicy) 
     for number in plan.wave_numbers():
         pts = [pt for pt in plan.waves[number] if pt.task.task_id not in plan.skip]
         apart: dict[str, set[str]] = defaultdict(set)  # serialize: who may not share a sub-wave
-        for t, subject, group in _pairs_in_wave(pts, registry):
+        for t, subject, group in _pairs_in_wave(pts, exclusive_tools):
             how = policy.of(t)
             ids = [pt.task.task_id for pt in group]
             c = Conflict(type=t, resolution=how, tasks=ids, subject=subject, wave=number)
@@ -243,16 +259,22 @@ def resolve(plan: CampaignPlan, registry: ToolRegistry, policy: ConflictPolicy) 
                     apart[a].add(b)
                     apart[b].add(a)
             conflicts.append(c)
-        pts = [pt for pt in pts if pt.task.task_id not in plan.skip]
         sub: dict[str, int] = {}
-        for pt in sorted(pts, key=_order):
-            taken = {sub[o] for o in apart.get(pt.task.task_id, ()) if o in sub}
-            k = 0
-            while k in taken:
-                k += 1
-            sub[pt.task.task_id] = k
+        if apart:  # only tasks in a serialized conflict can leave the first sub-wave
+            for pt in sorted((pt for pt in pts if pt.task.task_id in apart), key=_order):
+                taken = {sub[o] for o in apart[pt.task.task_id] if o in sub}
+                k = 0
+                while k in taken:
+                    k += 1
+                sub[pt.task.task_id] = k
         subs[number] = sub
     split = any(max(sub.values(), default=0) > 0 for sub in subs.values())
+    if not split:  # nothing moves: keep the plan's waves and tasks as they are
+        if rejected:
+            raise PlanError([f"{plan.path}: conflict ({r}); resolution is reject" for r in rejected])
+        return ConflictsReport(
+            policy={t.value: policy.of(t).value for t in ConflictType}, conflicts=conflicts
+        )
     counter = 0
     for number, sub in subs.items():
         depth = max(sub.values(), default=0) + 1
@@ -262,7 +284,7 @@ def resolve(plan: CampaignPlan, registry: ToolRegistry, policy: ConflictPolicy) 
         if numbers != [number]:
             renumbering[number] = numbers
         for k, new in enumerate(numbers):
-            members = [pt for pt in plan.waves[number] if sub.get(pt.task.task_id, 0 if k == 0 else -1) == k]
+            members = [pt for pt in plan.waves[number] if sub.get(pt.task.task_id, 0) == k]
             moved = [pt if pt.wave == new else dataclasses.replace(pt, wave=new) for pt in members]
             new_waves[new] = moved
             placed.update((pt.task.task_id, pt) for pt in moved)

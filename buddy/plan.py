@@ -216,7 +216,7 @@ class _Errors:
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector while a plan is read.
 
     Reading a plan allocates a few objects per line and frees almost none, which makes the
@@ -503,7 +503,7 @@ def load_plan(
     :func:`build_plan`.
     """
     errors = _Errors(path)
-    with _gc_paused():
+    with gc_paused():
         parsed = _parse_plan(Path(path), registry, defaults, errors)
     return parsed.tasks, parsed.lines, errors.sorted()
 
@@ -926,7 +926,7 @@ def build_plan(
     their dependencies; pins to missing agents or agents without the tool; tools no agent
     offers; schedule lines naming unknown tasks or a task twice; an empty or unreadable file.
     """
-    with _gc_paused():
+    with gc_paused():
         return _build(
             Path(plan_path),
             registry,
