@@ -13,21 +13,22 @@ port, :class:`~buddy.redis_server.EmbeddedRedis`) and runs, in this order:
    - **Buddy no-op**: a live campaign of N ``noop`` tasks (confidence 1.0) in one wave, the
      coordinator in this process (``build_plan`` + ``conflicts.resolve`` + :class:`Coordinator`);
 
-   then **Buddy waves**: ``--waves`` waves of ``--wave-tasks`` ``noop`` tasks, each depending on
-   one task of the wave before, for the wave turnaround;
-2. fleet B, the same agents with ``--pool threads --concurrency 8``: **Buddy I/O**, a live
-   campaign of ``--io-n`` × ``sleep`` ``--io-sleep`` seconds in one wave;
-3. **planning**: for each of ``--plan-sizes``, a generated plan (dependencies on 1–2 earlier
-   tasks, a distinct written file per task, shared read claims, a few shared written
-   resources) validated and waved (``build_plan`` + ``conflicts.resolve``) in a fresh
-   interpreter.
+   then, ``--repeat`` times, **Buddy waves**: ``--waves`` waves of ``--wave-tasks`` ``noop``
+   tasks, each depending on one task of the wave before, for the wave turnaround;
+2. fleet B, the same agents with ``--pool threads --concurrency 8``, ``--repeat`` times:
+   **Buddy I/O**, a live campaign of ``--io-n`` × ``sleep`` ``--io-sleep`` seconds in one wave;
+3. **planning**: for each of ``--plan-sizes``, ``--repeat`` times, a generated plan
+   (dependencies on 1–2 earlier tasks, a distinct written file per task, shared read claims,
+   a few shared written resources) validated and waved (``build_plan`` + ``conflicts.resolve``)
+   in a fresh interpreter.
 
 What each number means:
 
 - ``tasks_per_s``: tasks / ``wall_s``. Raw chord: from building the chord to ``result.get()``
   returning. Buddy: ``build_plan`` + ``resolve`` + ``Coordinator.run()`` end to end (recording
   the campaign, dispatch, waits, every output file).
-- ``ratio``: Buddy no-op ``tasks_per_s`` / raw chord ``tasks_per_s`` (the median run of each).
+- ``ratio``: Buddy no-op ``tasks_per_s`` / raw chord ``tasks_per_s``. With ``--repeat``, each
+  kind reports its median run (by tasks/s, turnaround, share of ideal) and ``all_runs``.
 - ``redis_cmds_per_task``: the sum of ``calls`` over ``INFO commandstats`` after the run minus
   before, divided by the tasks; everything the fleet does meanwhile counts (heartbeats, Celery
   events, kombu polling). ``idle_redis_cmds_per_s`` is that background rate with nothing to do.
@@ -41,17 +42,23 @@ What each number means:
   to its last instant; 1.0 is perfect. ``exec_share`` uses the span from the first outcome's
   ``start_time`` to the last ``end_time`` instead (dispatch and outputs excluded).
 - ``planning``: ``seconds`` = ``build_plan`` + ``resolve`` (the plan file read, parsed,
-  validated, layered, assigned, conflicts found); ``peak_rss_mb`` = ``ru_maxrss`` of that
-  interpreter afterwards, ``delta_rss_mb`` = minus ``ru_maxrss`` after its imports. Growth
-  passes when time(largest)/time(smallest) ≤ n·log n(largest)/n·log n(smallest).
+  validated, layered, assigned, conflicts found); ``peak_rss_mb`` = the peak RSS of that
+  interpreter afterwards (``VmHWM``, else ``ru_maxrss``), ``delta_rss_mb`` = minus the peak
+  after its imports. Growth passes when time(largest) / time(smallest) ≤
+  n·log n(largest) / n·log n(smallest).
 - ``cpu_ms_per_task``: CPU time (user + system, ``/proc``) of the workers (every process of
   their sessions), Redis, and this process during the run, per task.
+- ``fleet_a_processes`` / ``buddy_io.fleet_b_processes``: worker processes (mains and pool
+  children) along the way; the optimizer may grow pools between waves (``pool_grow``), which
+  this shows. The raw chord and the Buddy no-op runs are single-wave, so they share the
+  fleet as started.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import math
 import os
@@ -125,17 +132,27 @@ def _proc_cpu(pid: int) -> tuple[int, float] | None:
     return int(rest[3]), (int(rest[11]) + int(rest[12])) / ticks
 
 
-def sessions_cpu_s(sessions: Sequence[int]) -> float:
-    """CPU seconds of every live process whose session is one of ``sessions`` (a worker and its pool)."""
+def _sessions_cpu(sessions: Sequence[int]) -> list[float]:
+    """CPU seconds of each live process whose session is one of ``sessions`` (a worker's main
+    process and its pool children share the session :class:`LocalFleet` starts)."""
     if not Path("/proc").is_dir():
-        return 0.0
-    wanted, total = set(sessions), 0.0
+        return []
+    wanted, out = set(sessions), []
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            got = _proc_cpu(int(entry))
-            if got is not None and got[0] in wanted:
-                total += got[1]
-    return total
+        row = _proc_cpu(int(entry)) if entry.isdigit() else None
+        if row is not None and row[0] in wanted:
+            out.append(row[1])
+    return out
+
+
+def session_processes(sessions: Sequence[int]) -> int:
+    """How many live processes belong to ``sessions`` (worker mains and their pool children)."""
+    return len(_sessions_cpu(sessions))
+
+
+def sessions_cpu_s(sessions: Sequence[int]) -> float:
+    """CPU seconds of the processes of ``sessions`` (a worker and its pool)."""
+    return sum(_sessions_cpu(sessions))
 
 
 def self_cpu_s() -> float:
@@ -209,11 +226,11 @@ def noop_plan(path: Path, tasks: int, waves: int = 1, prefix: str = "t") -> Path
     return write_jsonl(path, rows())
 
 
-def sleep_plan(path: Path, tasks: int, seconds: float) -> Path:
+def sleep_plan(path: Path, tasks: int, seconds: float, prefix: str = "s") -> Path:
     return write_jsonl(
         path,
         (
-            {"task_id": f"s{i}", "tool": "sleep", "args": {"seconds": seconds}, "confidence": 1.0}
+            {"task_id": f"{prefix}{i}", "tool": "sleep", "args": {"seconds": seconds}, "confidence": 1.0}
             for i in range(tasks)
         ),
     )
@@ -230,7 +247,9 @@ def planning_plan(path: Path, tasks: int, seed: int = 7) -> Path:
 
     def rows() -> Iterator[dict[str, Any]]:
         for i in range(tasks):
-            deps = sorted({f"p{rng.randrange(i)}" for _ in range(rng.choice((1, 2)))}) if i and rng.random() < 0.7 else []
+            deps: list[str] = []
+            if i and rng.random() < 0.7:
+                deps = sorted({f"p{rng.randrange(i)}" for _ in range(rng.choice((1, 2)))})
             res: list[Any] = [f"file:/bench/out/{i}.txt"]
             if rng.random() < 1 / 3:
                 res.append({"name": f"shared:{rng.randrange(shared)}", "mode": "read"})
@@ -264,13 +283,18 @@ def wait_live(store: Any, agents: Sequence[str], timeout_s: float = 60.0) -> Non
     raise RuntimeError(f"workers for {', '.join(agents)} did not heartbeat within {timeout_s:.0f} s")
 
 
+def _pythonpath() -> str:
+    """``PYTHONPATH`` for child processes: this checkout first, so they import this code."""
+    return os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+
+
 @contextmanager
 def fleet(url: str, store: Any, concurrency: int, pool: str, log_dir: Path) -> Iterator[list[int]]:
     """One ``buddy worker`` per agent of :data:`AGENT_IDS`; yields their pids (= session ids)."""
     from buddy.fleet import LocalFleet
     from buddy.models import AgentSpec
 
-    env = {"BUDDY_TOOLS": RAW_MODULE, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {"BUDDY_TOOLS": RAW_MODULE, "PYTHONPATH": _pythonpath()}
     f = LocalFleet(
         url,
         [AgentSpec(id=a, concurrency=concurrency) for a in AGENT_IDS],
@@ -349,10 +373,12 @@ def wave_timings(store: Any, cid: str) -> dict[str, Any]:
     finished: dict[int, float] = {}
     messages: dict[int, int] = {}
     for e in store.events(cid, count=1_000_000):
-        at = float(e["id"].split("-")[0])
-        wave = (e["data"] or {}).get("wave") if isinstance(e["data"], dict) else None
+        data = e["data"] if isinstance(e["data"], dict) else {}
+        if not isinstance(data.get("wave"), int):
+            continue
+        at, wave = float(e["id"].split("-")[0]), int(data["wave"])
         if e["type"] == "wave_dispatched" and wave not in dispatched:
-            dispatched[wave], messages[wave] = at, int(e["data"].get("messages", 0))
+            dispatched[wave], messages[wave] = at, int(data.get("messages", 0))
         elif e["type"] == "wave_finished":
             finished[wave] = at
     last_end: dict[int, float] = {}
@@ -360,7 +386,7 @@ def wave_timings(store: Any, cid: str) -> dict[str, Any]:
         last_end[o.wave] = max(last_end.get(o.wave, 0.0), _ms(o.end_time))
     waves = sorted(dispatched)
     turn, fin, nxt = [], [], []
-    for k, k1 in zip(waves, waves[1:], strict=False):
+    for k, k1 in itertools.pairwise(waves):
         turn.append(dispatched[k1] - last_end[k])
         fin.append(finished[k] - last_end[k])
         nxt.append(dispatched[k1] - finished[k])
@@ -399,16 +425,10 @@ def run_pair(b: Bench, p: Params, rep: int) -> tuple[dict[str, Any], dict[str, A
     return raw, buddy
 
 
-def _median_run(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    ordered = sorted(rows, key=lambda r: r["wall_s"])
-    pick = dict(ordered[(len(ordered) - 1) // 2])
-    pick["all_tasks_per_s"] = [r["tasks_per_s"] for r in rows]
-    return pick
-
-
 def run_prefork(b: Bench, p: Params) -> dict[str, Any]:
     out: dict[str, Any] = {}
     log(f"fleet A: {len(AGENT_IDS)} agents × prefork {p.prefork}")
+    processes = [session_processes(b.sessions)]
     if p.warmup:
         raw_chord(p.warmup)
         campaign(b, noop_plan(b.tmp / "warm.jsonl", p.warmup, prefix="warm"), p.prefork)
@@ -419,29 +439,55 @@ def run_prefork(b: Bench, p: Params) -> dict[str, Any]:
     raws, buddies = [], []
     for rep in range(p.repeat):
         raw, buddy = run_pair(b, p, rep)
-        log(f"  run {rep + 1}: raw chord {raw['tasks_per_s']:.0f}/s, Buddy no-op {buddy['tasks_per_s']:.0f}/s")
+        log(f"  run {rep + 1}: raw chord {raw['tasks_per_s']:.0f}/s, Buddy {buddy['tasks_per_s']:.0f}/s")
         raws.append(raw)
         buddies.append(buddy)
-    out["raw_chord"], out["buddy_noop"] = _median_run(raws), _median_run(buddies)
+
+    def speed(r: dict[str, Any]) -> float:
+        return float(r["tasks_per_s"])
+
+    out["raw_chord"], out["buddy_noop"] = _median_by(raws, speed), _median_by(buddies, speed)
+    processes.append(session_processes(b.sessions))
     out["ratio"] = round(out["buddy_noop"]["tasks_per_s"] / out["raw_chord"]["tasks_per_s"], 2)
     total = p.waves * p.wave_tasks
-    plan = noop_plan(b.tmp / "waves.jsonl", p.wave_tasks, waves=p.waves, prefix="w")
-    with b.meter() as m:
-        _, cid = campaign(b, plan, p.prefork)
-    out["buddy_waves"] = (
-        m.row(total) | {"waves": p.waves, "tasks_per_wave": p.wave_tasks, "campaign_id": cid} | wave_timings(b.store, cid)
-    )
-    log(f"  waves: median turnaround {out['buddy_waves']['turnaround_ms']['median']} ms")
+    runs = []
+    for rep in range(p.repeat):
+        plan = noop_plan(b.tmp / f"waves-{rep}.jsonl", p.wave_tasks, waves=p.waves, prefix=f"w{rep}-")
+        with b.meter() as m:
+            _, cid = campaign(b, plan, p.prefork)
+        shape = {"waves": p.waves, "tasks_per_wave": p.wave_tasks, "campaign_id": cid}
+        runs.append(m.row(total) | shape | wave_timings(b.store, cid))
+        log(f"  waves {rep + 1}: median turnaround {runs[-1]['turnaround_ms']['median']} ms")
+    out["buddy_waves"] = _median_by(runs, lambda r: r["turnaround_ms"]["median"])
+    processes.append(session_processes(b.sessions))
+    # the optimizer may grow pools between waves (pool_grow): start, after the no-op pairs, end
+    out["fleet_a_processes"] = processes
     return out
+
+
+def _median_by(rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], float]) -> dict[str, Any]:
+    """The run with the median ``key`` (the lower middle one of an even count)."""
+    ordered = sorted(rows, key=key)
+    pick = dict(ordered[(len(ordered) - 1) // 2])
+    pick["all_runs"] = [key(r) for r in rows]
+    return pick
 
 
 def run_io(b: Bench, p: Params) -> dict[str, Any]:
     log(f"fleet B: {len(AGENT_IDS)} agents × threads {p.io_threads}")
     if p.warmup:
         campaign(b, noop_plan(b.tmp / "warm-io.jsonl", p.warmup, prefix="iowarm"), p.io_threads)
-    plan = sleep_plan(b.tmp / "io.jsonl", p.io_n, p.io_sleep_s)
+    before = session_processes(b.sessions)
+    runs = [_io_run(b, p, rep) for rep in range(p.repeat)]
+    return _median_by(runs, lambda r: r["share_of_ideal"]) | {
+        "fleet_b_processes": [before, session_processes(b.sessions)]
+    }
+
+
+def _io_run(b: Bench, p: Params, rep: int) -> dict[str, Any]:
+    plan = sleep_plan(b.tmp / f"io-{rep}.jsonl", p.io_n, p.io_sleep_s, prefix=f"s{rep}-")
     with b.meter() as m:
-        summary, cid = campaign(b, plan, p.io_threads)
+        _, cid = campaign(b, plan, p.io_threads)
     slots = len(AGENT_IDS) * p.io_threads
     ideal = p.io_n * p.io_sleep_s / slots
     outcomes = b.store.outcomes(cid).values()
@@ -456,15 +502,32 @@ def run_io(b: Bench, p: Params) -> dict[str, Any]:
         "exec_share": round(ideal / span, 3),
         "messages": wave_timings(b.store, cid)["messages_per_wave"],
     }
-    log(f"  I/O: {row['share_of_ideal']:.0%} of ideal ({m.wall_s:.2f} s for an ideal {ideal:.2f} s)")
+    log(
+        f"  I/O {rep + 1}: {row['share_of_ideal']:.0%} of ideal ({m.wall_s:.2f} s for an ideal {ideal:.2f} s)"
+    )
     return row
 
 
 # -- planning (a fresh interpreter per size) -----------------------------------------------
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS in MB: ``VmHWM`` (Linux; reset by ``exec``), else ``ru_maxrss``.
+
+    ``ru_maxrss`` alone would do, but Linux carries it over ``fork`` + ``exec``, so a child of a
+    big parent would report the parent's size until it outgrew it.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def plan_child(path: Path) -> dict[str, Any]:
-    """In the child: time ``build_plan`` + ``resolve`` of ``path``; RSS in MB (``ru_maxrss`` is KiB)."""
+    """In the child: time ``build_plan`` + ``resolve`` of ``path``; RSS in MB."""
     from buddy.conflicts import ConflictPolicy, resolve
     from buddy.models import AgentSpec, Strategy
     from buddy.plan import build_plan
@@ -472,13 +535,13 @@ def plan_child(path: Path) -> dict[str, Any]:
 
     registry = default_registry()
     agents = [AgentSpec(id=a) for a in AGENT_IDS]
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base = peak_rss_mb()
     t0 = time.perf_counter()
     cp = build_plan(path, registry, agents, Strategy.ROUND_ROBIN, workdir=path.parent)
     t1 = time.perf_counter()
     report = resolve(cp, registry, ConflictPolicy())
     t2 = time.perf_counter()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     return {
         "tasks": len(cp.tasks),
         "seconds": round(t2 - t0, 4),
@@ -492,27 +555,34 @@ def plan_child(path: Path) -> dict[str, Any]:
     }
 
 
-def run_planning(sizes: Sequence[int], tmp: Path) -> dict[str, Any]:
+def run_planning(sizes: Sequence[int], tmp: Path, repeat: int = 1) -> dict[str, Any]:
+    """Each size ``repeat`` times, each time in a fresh interpreter; the median run counts."""
     rows = []
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     for n in sizes:
         path = planning_plan(tmp / f"plan-{n}.jsonl", n)
-        proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks.throughput", "--plan-child", str(path)],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=600,
-            check=True,
-        )
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        runs = []
+        for _ in range(repeat):
+            proc = subprocess.run(
+                [sys.executable, "-m", "benchmarks.throughput", "--plan-child", str(path)],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                env=env,
+                timeout=600,
+                check=True,
+            )
+            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        rows.append(_median_by(runs, lambda r: r["seconds"]))
         log(f"planning {n}: {rows[-1]['seconds']:.2f} s, peak RSS {rows[-1]['peak_rss_mb']:.0f} MB")
     growth: dict[str, Any] = {"time_ratio": None, "nlogn_ratio": None}
     if len(rows) >= 2:
         lo, hi = min(rows, key=lambda r: r["tasks"]), max(rows, key=lambda r: r["tasks"])
-        growth = {
-            "time_ratio": round(hi["seconds"] / lo["seconds"], 2),
-            "nlogn_ratio": round(hi["tasks"] * math.log(hi["tasks"]) / (lo["tasks"] * math.log(lo["tasks"])), 2),
-        }
+        nlogn = hi["tasks"] * math.log(hi["tasks"]) / (lo["tasks"] * math.log(lo["tasks"]))
+        growth = {"time_ratio": round(hi["seconds"] / lo["seconds"], 2), "nlogn_ratio": round(nlogn, 2)}
     return {"sizes": rows, "growth": growth}
 
 
@@ -526,16 +596,23 @@ def goals(r: dict[str, Any]) -> list[dict[str, Any]]:
     def add(name: str, value: Any, goal: str, ok: Callable[[Any], bool]) -> None:
         out.append({"name": name, "value": value, "goal": goal, "pass": value is not None and ok(value)})
 
+    noop, io_, waves = r["buddy_noop"], r["buddy_io"], r["buddy_waves"]
     add("no-op throughput, Buddy / raw chord", r["ratio"], "≥ 3", lambda v: v >= 3)
-    add("Redis commands per task (Buddy no-op)", r["buddy_noop"]["redis_cmds_per_task"], "≤ 15", lambda v: v <= 15)
-    add("I/O-bound share of ideal concurrency", r["buddy_io"]["share_of_ideal"], "≥ 0.75", lambda v: v >= 0.75)
-    add("wave turnaround, median ms", r["buddy_waves"]["turnaround_ms"]["median"], "≤ 50", lambda v: v <= 50)
+    add("Redis commands per task (Buddy no-op)", noop["redis_cmds_per_task"], "≤ 15", lambda v: v <= 15)
+    add("I/O-bound share of ideal concurrency", io_["share_of_ideal"], "≥ 0.75", lambda v: v >= 0.75)
+    add("wave turnaround, median ms", waves["turnaround_ms"]["median"], "≤ 50", lambda v: v <= 50)
     big = max(r["planning"]["sizes"], key=lambda s: s["tasks"])
     add(f"plan {big['tasks']}: validate + wave, s", big["seconds"], "≤ 3", lambda v: v <= 3)
     add(f"plan {big['tasks']}: peak RSS, MB", big["peak_rss_mb"], "≤ 400", lambda v: v <= 400)
     g = r["planning"]["growth"]
     if g["time_ratio"] is not None:
-        add("plan time growth (largest/smallest)", g["time_ratio"], f"≤ n log n ({g['nlogn_ratio']})", lambda v: v <= g["nlogn_ratio"])
+        bound = g["nlogn_ratio"]
+        add(
+            "plan time growth (largest/smallest)",
+            g["time_ratio"],
+            f"≤ n log n ({bound})",
+            lambda v: v <= bound,
+        )
     return out
 
 
@@ -555,7 +632,8 @@ def print_table(r: dict[str, Any]) -> None:
     t.add_row("Buddy I/O, tasks/s", f"{io_['tasks_per_s']:.0f}", "", "")
     t.add_row("idle fleet, Redis cmds/s", f"{r['idle_redis_cmds_per_s']:.0f}", "", "")
     for s in r["planning"]["sizes"]:
-        t.add_row(f"plan {s['tasks']}: s / peak RSS MB", f"{s['seconds']:.2f} / {s['peak_rss_mb']:.0f}", "", "")
+        value = f"{s['seconds']:.2f} / {s['peak_rss_mb']:.0f}"
+        t.add_row(f"plan {s['tasks']}: s / peak RSS MB", value, "", "")
     for g in r["goals"]:
         mark = "[green]PASS[/]" if g["pass"] else "[red]FAIL[/]"
         t.add_row(g["name"], str(g["value"]), g["goal"], mark)
@@ -565,8 +643,18 @@ def print_table(r: dict[str, Any]) -> None:
 def machine(client: Any) -> dict[str, Any]:
     from importlib.metadata import version
 
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        except OSError:
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
     return {
-        "nproc": os.cpu_count(),
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "dirty": None if status is None else bool(status),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "redis": client.info("server").get("redis_version"),
@@ -588,6 +676,7 @@ def run(p: Params) -> dict[str, Any]:
     from buddy.redis_server import EmbeddedRedis
 
     server = EmbeddedRedis(port=free_port()).start()
+    previous_url = os.environ.get("BUDDY_REDIS_URL")
     try:
         url = server.tcp_url
         os.environ["BUDDY_REDIS_URL"] = url  # the raw tasks' app (workers.app) is built from it
@@ -607,10 +696,15 @@ def run(p: Params) -> dict[str, Any]:
         with fleet(url, store, p.io_threads, "threads", tmp / "logs-threads") as pids:
             b.sessions = pids
             report["buddy_io"] = run_io(b, p)
-        report["planning"] = run_planning(p.plan_sizes, tmp)
+        report["planning"] = run_planning(p.plan_sizes, tmp, p.repeat)
         report["goals"] = goals(report)
     finally:
         server.stop()
+        if previous_url is None:
+            os.environ.pop("BUDDY_REDIS_URL", None)
+        else:
+            os.environ["BUDDY_REDIS_URL"] = previous_url
+        get_settings.cache_clear()
         if p.keep is not None:
             shutil.copytree(tmp, p.keep, dirs_exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -625,13 +719,13 @@ def _params_json(p: Params) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None) -> tuple[Params, argparse.Namespace]:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=2000, help="tasks of the raw chord and of the Buddy no-op campaign")
+    ap.add_argument("--n", type=int, default=2000, help="tasks of the raw chord and the Buddy no-op campaign")
     ap.add_argument("--io-n", type=int, default=2000, help="sleep tasks of the I/O-bound campaign")
     ap.add_argument("--io-sleep", type=float, default=0.02, help="seconds each sleep task waits")
     ap.add_argument("--plan-sizes", default="10000,100000", help="comma list of plan sizes to validate")
     ap.add_argument("--waves", type=int, default=20, help="waves of the turnaround run")
     ap.add_argument("--wave-tasks", type=int, default=50, help="tasks per wave of the turnaround run")
-    ap.add_argument("--repeat", type=int, default=1, help="raw/Buddy no-op pairs; the median run counts")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each kind; the median run counts")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON report here")
     ap.add_argument("--keep", type=Path, default=None, help="copy plans, outputs and worker logs here")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (the test suite's smoke run)")

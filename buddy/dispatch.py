@@ -16,20 +16,31 @@ from buddy.tools.registry import ToolRegistry
 LONG_TASK_S = 0.5
 #: Upper bound on tasks per message.
 MAX_BATCH = 64
+#: Work (seconds) worth one Celery message: below it a message costs more than it carries.
+MESSAGE_WORK_S = 0.05
+#: Buddy's own cost of a task in a batch (seconds), the floor of a task's expected work.
+TASK_OVERHEAD_S = 0.001
 
 
 def batch_size(n_tasks: int, slots: int, expected_s: float | None, fixed: int | None = None) -> int:
     """Tasks per Celery message for one agent's share of a wave.
 
     ``fixed`` (``--batch-size``) wins. Tasks expected to take ``LONG_TASK_S`` or longer go
-    one per message so they spread over workers; otherwise about four messages per
-    execution slot (``slots`` = concurrency × live workers), at most ``MAX_BATCH`` tasks each,
-    which keeps every slot busy while Celery's per-message cost is shared by many tasks.
+    one per message so they spread over workers. When the tool states its duration, the
+    share is cut into one message per execution slot (``slots`` = concurrency × live
+    workers), or fewer when the work would be under ``MESSAGE_WORK_S`` per message: a
+    50-task no-op wave goes out as one message per agent, not 26, and equal tasks finish
+    together instead of waiting on a fetch between rounds. Otherwise about four messages
+    per slot, to balance tasks of unknown length. At most ``MAX_BATCH`` tasks per message.
     """
     if fixed:
         return fixed
     if expected_s is not None and expected_s >= LONG_TASK_S:
         return 1
+    if expected_s is not None:
+        work = n_tasks * max(expected_s, TASK_OVERHEAD_S)
+        messages = min(max(1, slots), max(1, math.ceil(work / MESSAGE_WORK_S)))
+        return max(1, min(MAX_BATCH, math.ceil(n_tasks / messages)))
     return max(1, min(MAX_BATCH, math.ceil(n_tasks / (max(1, slots) * 4))))
 
 

@@ -123,6 +123,9 @@ def make_dispatcher(url: str | None = None, settings: Settings | None = None) ->
     pub/sub connection that outlives the campaign. Reading a result's state still works.
     """
     app = make_celery(url, settings)
+    # The workers still send received/started/succeeded events (Flower); the dispatcher's
+    # own task-sent event is one PUBLISH per message that nobody needs.
+    app.conf.task_send_sent_event = False
     backend = app.backend
     backend.on_task_call = lambda producer, task_id: None
     backend.result_consumer.consume_from = lambda task_id: None
