@@ -88,8 +88,15 @@ def stored_report(store: Store, cid: str, n: int) -> WaveReport | None:
     return WaveReport.model_validate_json(raw) if raw else None
 
 
-def metrics_history(store: Store, cid: str) -> list[WaveMetrics]:
-    return [WaveMetrics.model_validate_json(x) for x in store.r.lrange(metrics_key(cid), 0, -1)]
+#: Earlier waves the chord body reads: anomaly rules compare with the last few waves, and the
+#: last one carries the running calibration, so reading all of them would grow with every wave.
+HISTORY_WAVES = 5
+
+
+def metrics_history(store: Store, cid: str, last: int | None = None) -> list[WaveMetrics]:
+    """Every wave's metrics, oldest first (only the ``last`` few when given)."""
+    start = -last if last else 0
+    return [WaveMetrics.model_validate_json(x) for x in store.r.lrange(metrics_key(cid), start, -1)]
 
 
 def analyze(store: Store, cid: str, n: int) -> WaveReport:
@@ -108,7 +115,7 @@ def analyze(store: Store, cid: str, n: int) -> WaveReport:
     outcomes: list[Outcome] = list(store.outcomes(cid, list(inputs.planned)).values())
     state_raw = store.r.get(feedback_key(cid))
     state = FeedbackState.model_validate_json(state_raw) if state_raw else FeedbackState(campaign_id=cid)
-    history = [m for m in metrics_history(store, cid) if m.wave < n]
+    history = [m for m in metrics_history(store, cid, HISTORY_WAVES) if m.wave < n]
     fb = analyze_wave(
         cid,
         n,

@@ -317,7 +317,8 @@ def compute_wave_metrics(
     agents in service for this wave with their concurrency (an agent drained on purpose and
     left out does not count as idle). ``approvals_*``: this wave's approval requests and
     grants; ``conflicts``: tasks the planner found in a resource conflict. ``previous``: the
-    earlier waves' metrics, for ``running_calibration``.
+    earlier waves' metrics (oldest first; the last one's ``running_calibration`` already
+    holds every wave before it).
     """
     cid = campaign_id if campaign_id is not None else (outcomes[0].campaign_id if outcomes else "")
     counts = StatusCounts()
@@ -377,9 +378,8 @@ def compute_wave_metrics(
         t.failed_attempts += failed_attempts(o)
     in_service = [agent_rows[a.id] for a in agents]
     ideal, assigned = _makespans(in_service, len(ran), busy)
-    running = cal
-    for p in previous:
-        running = running.merge(p.calibration)
+    # the latest earlier wave carries the running total of all before it
+    running = previous[-1].running_calibration.merge(cal) if previous else cal
     return WaveMetrics(
         campaign_id=cid,
         wave=wave,
