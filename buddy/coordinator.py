@@ -66,7 +66,7 @@ from buddy.report import ReportContext, render_report
 from buddy.report_html import render_html
 from buddy.rollback import compensate
 from buddy.safety import Approvals, EscalationPolicy, Gate, escalate
-from buddy.state import Store
+from buddy.state import AgentInfo, Store
 from buddy.tools.registry import ToolRegistry
 from buddy.transport import EXECUTE_TASK, WAVE_COMPLETE_TASK
 
@@ -155,6 +155,7 @@ class Coordinator:
         self.rollbacks: list[RollbackEvent] = []
         self.preexisting: set[str] = set()  # outcomes a resumed campaign already had
         self.done_before: set[int] = set()  # waves a resumed campaign had finished
+        self._agents_cache: dict[str, AgentInfo] | None = None
         self.learner = Learner(
             plan,
             store,
@@ -292,7 +293,7 @@ class Coordinator:
             missing = self._missing_workers(agents)
         if not missing:
             return
-        if not self._healthy_agents():
+        if not self._healthy_agents(fresh=True):
             raise CampaignAborted(_no_worker_message(missing, self.opts.worker_wait_s))
         self.console.print(
             f"[yellow]warning:[/] {_no_worker_message(missing, self.opts.worker_wait_s)}; "
@@ -300,14 +301,19 @@ class Coordinator:
             highlight=False,
         )
 
-    def _healthy_agents(self) -> set[str]:
+    def _agents_now(self, fresh: bool = False) -> dict[str, AgentInfo]:
+        """Every agent's state, read once per wave in one round trip (``fresh`` reads again)."""
+        if fresh or self._agents_cache is None:
+            self._agents_cache = self.store.agents_info([a.id for a in self.plan.agents])
+        return self._agents_cache
+
+    def _healthy_agents(self, fresh: bool = False) -> set[str]:
         """Agents with a live worker whose workers do not report them degraded."""
-        out = set()
-        for a in self.plan.agents:
-            info = self.store.agent_info(a.id)
-            if info.live_workers and info.status != "degraded":
-                out.add(a.id)
-        return out
+        return {
+            aid
+            for aid, info in self._agents_now(fresh).items()
+            if info.live_workers and info.status != "degraded"
+        }
 
     def _failover(self, n: int, to_send: dict[str, list[PlannedTask]]) -> dict[str, list[PlannedTask]]:
         """Move tasks off agents with no live worker (or degraded) to healthy agents that offer
@@ -323,7 +329,8 @@ class Coordinator:
             if agent in healthy:
                 out[agent].extend(pts)
                 continue
-            why = "no live worker" if not self.store.live_workers(agent) else "marked degraded"
+            known = self._agents_now().get(agent)
+            why = "marked degraded" if known is not None and known.live_workers else "no live worker"
             for pt in pts:
                 candidates = sorted(
                     (a for a in healthy if specs[a].offers(pt.task.tool)), key=lambda a: (load[a], a)
@@ -364,7 +371,7 @@ class Coordinator:
         if n in self.done_before:
             self.learner.adopt(n)  # a resumed campaign's finished wave: its report, not its files again
         else:
-            self.learner.prepare(n, self._healthy_agents())  # the optimizer assigns this wave
+            self.learner.prepare(n, self._healthy_agents(fresh=True))  # the optimizer assigns this wave
         tasks = self.plan.waves[n]
         ids = [t.task.task_id for t in tasks]
         if self.metrics is not None:
@@ -603,7 +610,8 @@ class Coordinator:
         header = []
         for agent, pts in sorted(to_send.items()):
             slots = next((a.concurrency for a in self.plan.agents if a.id == agent), 1)
-            slots *= max(1, len(self.store.live_workers(agent)))
+            info = self._agents_now().get(agent)
+            slots *= max(1, len(info.live_workers) if info is not None else 1)
             known = [pt.expected_s for pt in pts if pt.expected_s is not None]
             size = batch_size(len(pts), slots, max(known) if known else None, self.opts.batch_size)
             for i in range(0, len(pts), size):
@@ -693,6 +701,7 @@ class Coordinator:
             )
             (again[pt.agent].append(pt) if safe else lost.append(pt))
         if again:
+            self._agents_now(fresh=True)  # the deadline passed: agents may have died since
             for pts in again.values():
                 for pt in pts:
                     self._move(pt.task.task_id, TaskStatus.LOST, "no outcome by the wave deadline")

@@ -452,9 +452,24 @@ class Store:
 
     def agent_info(self, agent_id: str, now: float | None = None) -> AgentInfo:
         """The agent's state; ``status`` is ``offline`` when no worker heartbeated recently."""
+        return self.agents_info([agent_id], now)[agent_id]
+
+    def agents_info(self, agent_ids: Iterable[str], now: float | None = None) -> dict[str, AgentInfo]:
+        """:meth:`agent_info` of several agents in one round trip (a pipeline)."""
         now = time.time() if now is None else now
-        raw = {_s(k) or "": _s(v) or "" for k, v in self.r.hgetall(self.keys.agent(agent_id)).items()}
-        live = self.live_workers(agent_id, now)
+        ids = list(agent_ids)
+        pipe = self.r.pipeline(transaction=False)
+        for aid in ids:
+            pipe.hgetall(self.keys.agent(aid))
+            pipe.zrangebyscore(self.keys.agent_workers(aid), now - self.stale_s, "+inf")
+        replies = pipe.execute()
+        return {
+            aid: self._agent_info(aid, replies[2 * i], replies[2 * i + 1], now) for i, aid in enumerate(ids)
+        }
+
+    def _agent_info(self, agent_id: str, hash_: Any, workers: Any, now: float) -> AgentInfo:
+        raw = {_s(k) or "": _s(v) or "" for k, v in hash_.items()}
+        live = sorted(_s(x) or "" for x in workers)
         hb = float(raw["heartbeat"]) if raw.get("heartbeat") else None
         in_flight = max(0, int(raw.get("in_flight") or 0))
         status = raw.get("status") or "offline"

@@ -220,7 +220,9 @@ def test_worker_serves_only_its_agent_queue(
 def test_agent_without_worker_fails_over_and_is_reported(
     fleet: LocalFleet, fleet_redis: EmbeddedRedis, tmp_path: Path
 ) -> None:
-    plan = write_plan(tmp_path / "plan.jsonl", [{"task_id": f"t{i}", "tool": "noop", "agent": "ghost"} for i in range(3)])
+    plan = write_plan(
+        tmp_path / "plan.jsonl", [{"task_id": f"t{i}", "tool": "noop", "agent": "ghost"} for i in range(3)]
+    )
     out = tmp_path / "out"
     t0 = time.monotonic()
     proc = buddy("run", str(plan), "--agents", "a1,ghost", "--redis-url", fleet_redis.url, "--out", str(out),
@@ -230,7 +232,10 @@ def test_agent_without_worker_fails_over_and_is_reported(
     assert "buddy.agent.ghost" in proc.stderr and "buddy worker --agent ghost" in proc.stderr
     rows = executed(out)
     assert {r["agent_id"] for r in rows.values()} == {"a1"}
-    moves = [json.loads(x) for x in (out / "wave_1" / "agent_a1" / "adjusted_schedule.jsonl").read_text().splitlines()]
+    moves = [
+        json.loads(x)
+        for x in (out / "wave_1" / "agent_a1" / "adjusted_schedule.jsonl").read_text().splitlines()
+    ]
     assert sorted(m["task_id"] for m in moves) == ["t0", "t1", "t2"]
     assert all(m["from_agent"] == "ghost" and "no live worker" in m["reason"] for m in moves)
 
@@ -291,7 +296,10 @@ def _alive(pids: set[int]) -> set[int]:
 
 @pytest.mark.parametrize("interrupt", [False, True], ids=["completes", "ctrl-c"])
 def test_embedded_run_leaves_no_process_behind(tmp_path: Path, interrupt: bool) -> None:
-    lines = [{"task_id": f"t{i}", "tool": "sleep", "args": {"seconds": 0.3 if not interrupt else 2}} for i in range(6)]
+    lines = [
+        {"task_id": f"t{i}", "tool": "sleep", "args": {"seconds": 0.3 if not interrupt else 2}}
+        for i in range(6)
+    ]
     plan = write_plan(tmp_path / "plan.jsonl", lines)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUDDY_")}
     proc = subprocess.Popen(

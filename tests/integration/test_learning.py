@@ -25,7 +25,10 @@ QUICK = {"BUDDY_HEARTBEAT_STALE_S": "3"}
 
 
 def test_next_wave_avoids_an_agent_whose_only_worker_died(tmp_path: Path) -> None:
-    lines = [{"task_id": f"w1-{i}", "tool": "sleep", "wave": 1, "agent": "a1", "args": {"seconds": 1.5}} for i in range(2)]
+    lines = [
+        {"task_id": f"w1-{i}", "tool": "sleep", "wave": 1, "agent": "a1", "args": {"seconds": 1.5}}
+        for i in range(2)
+    ]
     lines += [{"task_id": f"w2-{i}", "tool": "noop", "wave": 2} for i in range(6)]
     plan = write_plan(tmp_path / "plan.jsonl", lines)
     out = tmp_path / "out"
@@ -59,7 +62,13 @@ def test_next_wave_avoids_an_agent_whose_only_worker_died(tmp_path: Path) -> Non
     ]
     assert moved and all(m["to_agent"] == "a1" for m in moved)
     # every learning output of the issue is there
-    for name in ("metrics.jsonl", "anomalies.jsonl", "system_health.json", "learning_signals.jsonl", "report.html"):
+    for name in (
+        "metrics.jsonl",
+        "anomalies.jsonl",
+        "system_health.json",
+        "learning_signals.jsonl",
+        "report.html",
+    ):
         assert (out / name).exists(), name
     for f in ("phase16/heuristic_feedback.jsonl", "phase18/coordination_feedback.jsonl",
               "phase20/prediction_validation_feedback.jsonl"):  # fmt: skip
@@ -76,7 +85,10 @@ def test_next_wave_avoids_an_agent_whose_only_worker_died(tmp_path: Path) -> Non
 
 
 def test_min_health_aborts_with_exit_3(fleet: LocalFleet, fleet_redis: EmbeddedRedis, tmp_path: Path) -> None:
-    lines = [{"task_id": f"bad{i}", "tool": "file.sha256", "args": {"path": str(tmp_path / "missing")}} for i in range(4)]
+    lines = [
+        {"task_id": f"bad{i}", "tool": "file.sha256", "args": {"path": str(tmp_path / "missing")}}
+        for i in range(4)
+    ]
     lines.append({"task_id": "later", "tool": "noop", "wave": 2})
     plan = write_plan(tmp_path / "plan.jsonl", lines)
     out = tmp_path / "out"

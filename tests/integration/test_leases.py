@@ -44,7 +44,8 @@ def _worker(url: str, n: int, seed: int, out: str) -> None:
 def test_eight_processes_two_hundred_leases_each(fleet_redis: EmbeddedRedis, tmp_path: Path) -> None:
     ctx = mp.get_context("spawn")
     procs = [
-        ctx.Process(target=_worker, args=(fleet_redis.url, 200, i, str(tmp_path / f"{i}.json"))) for i in range(8)
+        ctx.Process(target=_worker, args=(fleet_redis.url, 200, i, str(tmp_path / f"{i}.json")))
+        for i in range(8)
     ]
     for p in procs:
         p.start()

@@ -29,12 +29,24 @@ class Out(BaseModel):
 @pytest.fixture(scope="module")
 def reg() -> ToolRegistry:
     r = ToolRegistry()
-    tool("t.ok", args=Args, result=Out, idempotent=True, reversible=True, rollback=lambda a, u, c: None, registry=r)(
-        lambda a, c: {}
-    )
-    tool("t.excl", args=Args, result=Out, exclusive=True, reversible=True, rollback=lambda a, u, c: None, registry=r)(
-        lambda a, c: {}
-    )
+    tool(
+        "t.ok",
+        args=Args,
+        result=Out,
+        idempotent=True,
+        reversible=True,
+        rollback=lambda a, u, c: None,
+        registry=r,
+    )(lambda a, c: {})
+    tool(
+        "t.excl",
+        args=Args,
+        result=Out,
+        exclusive=True,
+        reversible=True,
+        rollback=lambda a, u, c: None,
+        registry=r,
+    )(lambda a, c: {})
     tool("t.irr", args=Args, result=Out, registry=r)(lambda a, c: {})  # irreversible
     tool("t.idem", args=Args, result=Out, idempotent=True, registry=r)(lambda a, c: {})  # harmless twice
     return r
@@ -75,7 +87,9 @@ WW = [
 ]
 
 
-def test_write_write_serialize_splits_the_wave_higher_priority_first(tmp_path: Path, reg: ToolRegistry) -> None:
+def test_write_write_serialize_splits_the_wave_higher_priority_first(
+    tmp_path: Path, reg: ToolRegistry
+) -> None:
     plan = plan_of(tmp_path, reg, WW)
     report = resolve(plan, reg, policy())
     assert waves(plan) == {1: ["high", "other"], 2: ["low"], 3: ["after"]}
@@ -182,6 +196,8 @@ def test_capability_mismatch_is_rejected(tmp_path: Path, reg: ToolRegistry) -> N
 
 
 def test_no_conflicts_keep_wave_numbers(tmp_path: Path, reg: ToolRegistry) -> None:
-    plan = plan_of(tmp_path, reg, [{"task_id": "a", "tool": "t.ok", "wave": 3}, {"task_id": "b", "tool": "t.ok"}])
+    plan = plan_of(
+        tmp_path, reg, [{"task_id": "a", "tool": "t.ok", "wave": 3}, {"task_id": "b", "tool": "t.ok"}]
+    )
     report = resolve(plan, reg, policy())
     assert report.conflicts == [] and waves(plan) == {1: ["b"], 3: ["a"]}
