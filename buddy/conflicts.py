@@ -38,7 +38,7 @@ import dataclasses
 import json
 from collections import defaultdict
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -301,8 +301,3 @@ def _resolve(plan: CampaignPlan, registry: ToolRegistry, policy: ConflictPolicy)
         conflicts=conflicts,
         wave_renumbering=renumbering,
     )
-
-
-def policy_from(raw: dict[str, Any] | None) -> ConflictPolicy:
-    """A policy from ``{type: resolution}`` (campaign.yaml, ``--conflict``); raises ``ValueError``."""
-    return ConflictPolicy(resolutions=raw or {})

@@ -275,9 +275,8 @@ class Coordinator:
             f"resuming {self.cid}: {done} of {len(self.plan.tasks)} tasks already have an outcome"
         )
 
-    def _agents_with_work(self, tasks: list[PlannedTask] | None = None) -> list[str]:
-        tasks = tasks if tasks is not None else list(self.plan.tasks.values())
-        return sorted({t.agent for t in tasks})
+    def _agents_with_work(self) -> list[str]:
+        return sorted({t.agent for t in self.plan.tasks.values()})
 
     def _missing_workers(self, agents: list[str]) -> list[str]:
         return [a for a in agents if not self.store.live_workers(a)]

@@ -96,11 +96,6 @@ class Learner:
         t = self.tuned.get(agent_id)
         return t.confidence_weight if (t is not None and self.optimize) else 1.0
 
-    def batch_size(self, agent_id: str) -> int | None:
-        """The tuned tasks per message of ``agent_id``, or None to let the coordinator choose."""
-        t = self.tuned.get(agent_id)
-        return t.batch_size if (t is not None and self.optimize and self.reports) else None
-
     def store_inputs(
         self, n: int, tasks: list[PlannedTask], *, approved: list[str], requested: int, granted: int
     ) -> None:

@@ -58,10 +58,6 @@ class TaskStatus(StrEnum):
     ROLLED_BACK = "rolled_back"
     LOST = "lost"
 
-    @property
-    def is_final(self) -> bool:
-        return self in FINAL_STATUSES
-
 
 FINAL_STATUSES = frozenset(
     {
