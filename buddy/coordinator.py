@@ -600,8 +600,8 @@ class Coordinator:
         bar: Any,
         progress: Progress,
     ) -> set[str]:
-        """Send the wave as one chord and wait for it. Returns the ids of sent tasks that
-        have no outcome when the wave's deadline passed (empty when the wave completed).
+        """Send the wave as one chord and wait for it. Returns the ids of sent tasks that have
+        no outcome when the wave closed (by its summary, or at its deadline); empty when complete.
 
         Raises :class:`CampaignAborted` on an abort request (``buddy abort``). A failed chord
         (its body will not run) is not fatal: the wave closes from the outcomes in Redis."""
@@ -650,7 +650,9 @@ class Coordinator:
                 bar, completed=done, failed=int(c.get("failed", 0)), running=max(0, int(c.get("running", 0)))
             )
             if summary is not None:
-                return set()
+                # The body reports once every member returned, but a member whose outcome write
+                # was lost (a Redis restart) would still be missing: check, never assume.
+                return set(sent_ids) - set(self.store.outcomes(self.cid, sent_ids))
             now = time.monotonic()
             if now - last_check < 1.0:
                 continue
