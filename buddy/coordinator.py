@@ -10,8 +10,10 @@
    have an outcome are not sent again; the rest go out as one chord: a header of
    ``buddy.execute_batch`` messages on ``buddy.agent.<id>`` (micro-batches of one agent's
    tasks) and the body ``buddy.wave_complete`` on ``buddy.coordinator``;
-4. waits for the body's summary (BLPOP on the wave's ``:done`` list, no result polling),
-   showing done / failed / running on a progress bar, and writes the wave's outputs;
+4. waits (BLPOP on the wave's ``:done`` list, no result polling) until the outcome write
+   that completes the wave, or the body's summary, wakes it, showing done / failed /
+   running on a progress bar; writes the wave's outputs while the body analyzes the wave,
+   then takes the body's report (:meth:`Coordinator._await_body`);
 5. writes ``execution_summary.json`` and ``report.md``.
 
 Exit codes: 0 all succeeded, 1 finished with any other status, 3 aborted, 130 interrupted.
@@ -122,6 +124,23 @@ class CampaignOptions(BaseModel):
     resume: bool = False
 
 
+#: Seconds the coordinator waits, once a wave's members have all reported, for the chord
+#: body's analysis before it analyzes the wave itself (a revoked member or a lost chord
+#: counter keeps Celery from running the body).
+BODY_GRACE_S = 2.0
+
+
+@dataclasses.dataclass
+class _Body:
+    """The chord body of a wave's dispatch: its token, chord id, and whether it reported or
+    will not run (the chord failed, or the wave closed at its deadline)."""
+
+    token: str
+    chord_id: str
+    reported: bool = False
+    failed: bool = False
+
+
 class Coordinator:
     """Runs one campaign of ``plan`` on the fleet behind ``app`` and ``store``."""
 
@@ -156,6 +175,7 @@ class Coordinator:
         self.preexisting: set[str] = set()  # outcomes a resumed campaign already had
         self.done_before: set[int] = set()  # waves a resumed campaign had finished
         self._agents_cache: dict[str, AgentInfo] | None = None
+        self.body: _Body | None = None  # the chord body of the wave's last dispatch
         self.learner = Learner(
             plan,
             store,
@@ -450,7 +470,11 @@ class Coordinator:
         self.wave_summaries.append(summary)
         self._write_wave_outputs(n, wave_outcomes)
         self.store.event(self.cid, "wave_finished", wave=n, by_status=summary.counts.by_status)
-        report = self.learner.after_wave(n) if n not in self.done_before else None
+        report = None
+        if n not in self.done_before:
+            self._await_body(n)
+            report = self.learner.after_wave(n)
+        self.body = None
         if self.metrics is not None:
             self.metrics.observe_outcomes(wave_outcomes)
             if report is not None:
@@ -634,13 +658,13 @@ class Coordinator:
         )
         sent_ids = [pt.task.task_id for pts in to_send.values() for pt in pts]
         baseline = int(self.store.wave_counters(self.cid, n).get("done", 0))
+        self.store.expect_done(self.cid, n, baseline + len(sent_ids))
         result = chord(header, app=self.app)(body)
         deadline_s = self.opts.wave_timeout_s or wave_deadline_s(to_send, self.plan.agents, self.registry)
         self.store.update_campaign(self.cid, current_wave=n, chord_id=result.id)
         self.store.event(self.cid, "wave_dispatched", wave=n, messages=len(header), chord_id=result.id)
+        self.body = _Body(token, result.id)
         deadline = time.monotonic() + deadline_s
-        chord_failed = False
-        complete_since: float | None = None
         last_check = 0.0
         while True:
             summary = self.store.wait_wave_done(self.cid, n, 0.2, token)
@@ -649,10 +673,16 @@ class Coordinator:
             progress.update(
                 bar, completed=done, failed=int(c.get("failed", 0)), running=max(0, int(c.get("running", 0)))
             )
-            if summary is not None:
-                # The body reports once every member returned, but a member whose outcome write
-                # was lost (a Redis restart) would still be missing: check, never assume.
-                return set(sent_ids) - set(self.store.outcomes(self.cid, sent_ids))
+            if summary is not None or done - baseline >= len(sent_ids):
+                # Every member reported (the last outcome write pushed a wake-up, or the body
+                # its summary). A member whose outcome write was lost (a Redis restart) would
+                # still be missing: check, never assume. The body's analysis is awaited later.
+                self.body.reported = summary is not None
+                missing = self.store.missing_outcomes(self.cid, sent_ids)
+                if not missing:
+                    return set()
+                if summary is not None:
+                    return missing
             now = time.monotonic()
             if now - last_check < 1.0:
                 continue
@@ -661,31 +691,38 @@ class Coordinator:
                 raise CampaignAborted(
                     f"aborted by an operator: {self.store.campaign(self.cid)['abort_requested']}"
                 )
-            if not chord_failed and self.app.backend.get_task_meta(result.id).get("status") == "FAILURE":
+            if not self.body.failed and self.app.backend.get_task_meta(result.id).get("status") == "FAILURE":
                 # The body will not run (a member raised, or the chord's join hit a Redis
                 # restart). The outcomes in Redis are the truth: close the wave from them,
                 # or at the deadline.
-                chord_failed = True
+                self.body.failed = True
                 self.console.print(
                     f"[yellow]wave {n}: the chord failed; closing the wave from its outcomes[/]"
                 )
                 self.store.event(self.cid, "chord_failed", wave=n, chord_id=result.id)
-            if done - baseline >= len(sent_ids):
-                # every member reported but the body did not (revoked member, lost chord counter)
-                complete_since = complete_since or now
-                if chord_failed or now - complete_since >= 2.0:
-                    missing = set(sent_ids) - set(self.store.outcomes(self.cid, sent_ids))
-                    if not missing:
-                        self.store.event(self.cid, "wave_closed", wave=n, reason="body did not report")
-                        return set()
             if now >= deadline:
-                missing = set(sent_ids) - set(self.store.outcomes(self.cid, sent_ids))
+                missing = self.store.missing_outcomes(self.cid, sent_ids)
                 self.console.print(
                     f"[yellow]wave {n}: deadline of {deadline_s:.0f} s passed with {len(missing)} task(s) "
                     "without an outcome[/]"
                 )
                 self.store.event(self.cid, "wave_deadline", wave=n, missing=len(missing))
+                self.body.failed = True  # its members are not all back: the body will not report
                 return missing
+
+    def _await_body(self, n: int) -> None:
+        """Give the wave's chord body (its analysis: feedback and monitor) up to
+        :data:`BODY_GRACE_S` seconds to report once the wave closed; the coordinator's
+        :meth:`Learner.after_wave` analyzes the wave itself when the body is late or will not
+        run. Either way one report wins: :func:`buddy.analysis.analyze` stores it with SET NX."""
+        body = self.body
+        if body is None or body.reported or body.failed:
+            return
+        end = time.monotonic() + BODY_GRACE_S
+        while (left := end - time.monotonic()) > 0:
+            if self.store.wait_wave_done(self.cid, n, min(left, 0.5), body.token) is not None:
+                return
+        self.store.event(self.cid, "chord_body_late", wave=n, chord_id=body.chord_id, waited_s=BODY_GRACE_S)
 
     def _close_lost(
         self, n: int, missing: set[str], gates: dict[str, Gate], bar: Any, progress: Progress

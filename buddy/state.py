@@ -10,7 +10,10 @@ Keys beyond DESIGN.md's table:
   a worker is live while its score is within ``heartbeat_stale_s``.
 - ``buddy:agents`` (set): every agent id that ever heartbeated.
 - ``buddy:campaign:<cid>:wave:<n>:done`` (list): ``wave_complete`` pushes the wave summary
-  here; the coordinator waits on it with BLPOP instead of polling results.
+  here; the coordinator waits on it with BLPOP instead of polling results. The write that
+  brings the wave hash's ``done`` counter up to its ``expect`` field (set at dispatch) pushes
+  a wake-up (:data:`WAKE`) here too, so the coordinator closes the wave without waiting for
+  the chord's join.
 - ``buddy:campaigns`` (sorted set): campaign id → creation time.
 - ``buddy:campaign:<cid>:undo`` (hash): task id → JSON undo record of a reversible tool's live
   effect (``tool``, ``args``, ``workdir``, ``agent_id`` and the tool's ``undo`` data), written
@@ -34,6 +37,8 @@ from buddy.lifecycle import Transition
 from buddy.models import Outcome, RollbackEvent, TaskStatus, WaveSummary, utcnow
 
 PREFIX = "buddy:"
+#: What a wave's ``:done`` list holds when its members have all reported (no dispatch token).
+WAKE = "- complete"
 
 
 class Keys:
@@ -186,8 +191,21 @@ class Store:
                 "started_at": utcnow().isoformat(),
             },
         )
+        pipe.hdel(self.keys.wave(cid, n), "expect")  # a resumed wave's old dispatch
         pipe.hset(self.keys.campaign(cid), "current_wave", n)
         pipe.execute()
+
+    def expect_done(self, cid: str, n: int, done: int) -> None:
+        """Mark the ``done`` count at which wave ``n``'s dispatch is complete (HSET ``expect``):
+        the outcome write that reaches it wakes the coordinator (:meth:`record_outcomes`)."""
+        self.r.hset(self.keys.wave(cid, n), "expect", done)
+
+    def missing_outcomes(self, cid: str, task_ids: list[str]) -> set[str]:
+        """The ids among ``task_ids`` with no outcome yet (HMGET, nothing parsed)."""
+        if not task_ids:
+            return set()
+        vals = self.r.hmget(self.keys.outcomes(cid), task_ids)
+        return {t for t, v in zip(task_ids, vals, strict=True) if v is None}
 
     def wave_counters(self, cid: str, n: int) -> dict[str, str]:
         raw = self.r.hgetall(self.keys.wave(cid, n))
@@ -329,9 +347,15 @@ class Store:
                 a["processed"] = a.get("processed", 0) + 1
                 if o.status is not TaskStatus.SUCCEEDED:
                     a["failed"] = a.get("failed", 0) + 1
+        marks: list[tuple[int, int, int]] = []  # (wave, place of its done HINCRBY in the pipeline, added)
         for wave, counts in per_wave.items():
             for field, n in counts.items():
+                if field == "done":
+                    marks.append((wave, len(pipe), n))
                 pipe.hincrby(self.keys.wave(cid, wave), field, n)
+        expects = len(pipe)
+        for wave, _, _ in marks:
+            pipe.hget(self.keys.wave(cid, wave), "expect")
         if running_delta:
             pipe.hincrby(self.keys.wave(cid, outcomes[0].wave), "running", running_delta)
         for aid, counts in per_agent.items():
@@ -346,7 +370,11 @@ class Store:
             maxlen=self.events_maxlen,
             approximate=True,
         )
-        pipe.execute()
+        got = pipe.execute()
+        for k, (wave, at, added) in enumerate(marks):
+            done, expect = int(got[at]), got[expects + k]
+            if expect is not None and done - added < int(expect) <= done:  # this write completed it
+                self.r.rpush(self.keys.wave_done(cid, wave), WAKE)
 
     def undo_data(self, cid: str, task_ids: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
         """Undo records by task id (all of the campaign's when ``task_ids`` is None)."""

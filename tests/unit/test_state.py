@@ -161,6 +161,40 @@ def test_start_wave_clears_a_stale_done_signal(store: Store) -> None:
     assert store.wait_wave_done(CID, 1, timeout_s=0.05) is None
 
 
+def test_the_outcome_write_that_completes_a_dispatch_wakes_the_coordinator(store: Store) -> None:
+    store.start_wave(CID, 1, dispatched=3)
+    store.record_outcomes([outcome("pre", TaskStatus.SKIPPED)])  # decided before the dispatch
+    store.expect_done(CID, 1, 1 + 3)
+    key = store.keys.wave_done(CID, 1)
+    store.record_outcomes([outcome("a")])
+    store.record_outcomes([outcome("b")])
+    assert store.r.llen(key) == 0  # 3 of 4: nobody woken
+    store.record_outcomes([outcome("c"), outcome("d")])  # crosses 4 (to 5): exactly one wake-up
+    assert [x.decode() if isinstance(x, bytes) else x for x in store.r.lrange(key, 0, -1)] == [buddy.state.WAKE]
+    store.record_outcomes([outcome("e")])  # already past: no second wake-up
+    assert store.r.llen(key) == 1
+    # the wake-up is no summary: the waiter returns None and reads the counters
+    assert store.wait_wave_done(CID, 1, timeout_s=0.05, token="tok") is None
+
+
+def test_no_wake_up_without_an_expected_count(store: Store) -> None:
+    store.start_wave(CID, 1, dispatched=1)
+    store.record_outcomes([outcome("a")])
+    assert store.r.llen(store.keys.wave_done(CID, 1)) == 0
+
+
+def test_start_wave_forgets_an_earlier_dispatchs_expected_count(store: Store) -> None:
+    store.expect_done(CID, 1, 1)
+    store.start_wave(CID, 1, dispatched=1)
+    assert "expect" not in store.wave_counters(CID, 1)
+
+
+def test_missing_outcomes_names_the_tasks_without_one(store: Store) -> None:
+    store.record_outcomes([outcome("a"), outcome("c")])
+    assert store.missing_outcomes(CID, ["a", "b", "c", "d"]) == {"b", "d"}
+    assert store.missing_outcomes(CID, []) == set()
+
+
 # -- outcomes --------------------------------------------------------------------------------
 
 
