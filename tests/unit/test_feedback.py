@@ -98,6 +98,15 @@ def test_merge_equals_one_calibration_of_all_pairs() -> None:
     assert Calibration.model_validate_json(merged.model_dump_json()) == merged
 
 
+def test_of_counts_what_add_counts_one_by_one() -> None:
+    pairs = [(0.0, False), (0.05, True), (0.1, True), (0.55, False), (0.999, True), (1.0, True), (1.0, False)]
+    one_by_one = Calibration()
+    for p, y in pairs:
+        one_by_one.add(p, y)
+    assert Calibration.of(pairs).model_dump() == one_by_one.model_dump()
+    assert [b.n for b in Calibration.of(pairs).bins] == [2, 1, 0, 0, 0, 1, 0, 0, 0, 3]
+
+
 # -- records ----------------------------------------------------------------------------------
 
 
