@@ -30,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from celery import Celery, chord
 from pydantic import BaseModel, Field
 from rich.console import Console
@@ -131,12 +132,16 @@ BODY_GRACE_S = 2.0
 
 
 @dataclasses.dataclass
-class _Body:
-    """The chord body of a wave's dispatch: its token, chord id, and whether it reported or
-    will not run (the chord failed, or the wave closed at its deadline)."""
+class _Dispatch:
+    """One dispatch of a wave: its token, chord id, the sent task ids, the wave's ``done``
+    counter before it, its deadline in seconds, and whether the chord body reported or will
+    not run (the chord failed, or the wave closed at its deadline)."""
 
     token: str
     chord_id: str
+    ids: list[str]
+    baseline: int
+    deadline_s: float
     reported: bool = False
     failed: bool = False
 
@@ -175,7 +180,8 @@ class Coordinator:
         self.preexisting: set[str] = set()  # outcomes a resumed campaign already had
         self.done_before: set[int] = set()  # waves a resumed campaign had finished
         self._agents_cache: dict[str, AgentInfo] | None = None
-        self.body: _Body | None = None  # the chord body of the wave's last dispatch
+        self.dispatch: _Dispatch | None = None  # the wave's last dispatch
+        self.prior_outcomes = True  # outcomes stored before this run (set in _begin)
         self.learner = Learner(
             plan,
             store,
@@ -258,6 +264,8 @@ class Coordinator:
         }
         if self.plan.conflicts is not None:
             self.out.write_json(OutputWriter.CONFLICTS, self.plan.conflicts)
+        # a new campaign id has no outcomes: no need to look for them before every wave
+        self.prior_outcomes = self.opts.resume or self.store.has_outcomes(self.cid)
         if self.opts.resume:
             self._resume_state()
             self.store.update_campaign(self.cid, status="running", resumed_at=utcnow().isoformat())
@@ -395,7 +403,8 @@ class Coordinator:
         ids = [t.task.task_id for t in tasks]
         if self.metrics is not None:
             self.metrics.set_current_wave(n)
-        self.outcomes.update(self.store.outcomes(self.cid, ids))  # resume: never re-run a final outcome
+        if self.prior_outcomes:  # resume: never re-run a final outcome
+            self.outcomes.update(self.store.outcomes(self.cid, ids))
         lock = self.store.lock_reason()
         if lock:
             self.console.print(f"[yellow]system locked[/] ({lock}): wave {n} runs mock")
@@ -446,7 +455,6 @@ class Coordinator:
                 tid = pt.task.task_id
                 self._move(tid, TaskStatus.QUEUED, f"wave {n} on {agent_queue(agent)}", gates[tid].reason)
         tasks = self.plan.waves[n]
-        self._write_assignments(n, tasks, gates)
         denied = {o.task_id for o in pre if o.status is TaskStatus.DENIED}
         approved = [t for t, g in gates.items() if g.needs_approval and t not in denied]
         self.learner.store_inputs(n, tasks, approved=approved, requested=requested, granted=len(approved))
@@ -456,11 +464,16 @@ class Coordinator:
         if pre:
             self.store.record_outcomes(pre)
         if sent:
-            missing = self._dispatch_and_wait(n, to_send, gates, bar, progress)
+            sending = self._dispatch(n, to_send, gates)
+            self._write_assignments(n, tasks, gates)  # while the workers start
+            missing = self._wait(n, sending, bar, progress)
             if missing:
                 self._close_lost(n, missing, gates, bar, progress)
+        else:
+            self._write_assignments(n, tasks, gates)
         self._reuse_outcomes(tasks)
-        got = self.store.outcomes(self.cid, ids)
+        raw = self.store.outcomes_raw(self.cid, ids)  # parsed once here, written as stored
+        got = {t: Outcome.model_validate_json(v) for t, v in raw.items()}
         self.outcomes.update(got)
         wave_outcomes = [got[i] for i in ids if i in got]
         summary = summarize_wave(self.cid, n, wave_outcomes)
@@ -468,13 +481,13 @@ class Coordinator:
             bar, completed=len(got), failed=summary.counts.total - summary.counts.succeeded, running=0
         )
         self.wave_summaries.append(summary)
-        self._write_wave_outputs(n, wave_outcomes)
+        self._write_wave_outputs(n, wave_outcomes, raw)
         self.store.event(self.cid, "wave_finished", wave=n, by_status=summary.counts.by_status)
         report = None
         if n not in self.done_before:
             self._await_body(n)
             report = self.learner.after_wave(n)
-        self.body = None
+        self.dispatch = None
         if self.metrics is not None:
             self.metrics.observe_outcomes(wave_outcomes)
             if report is not None:
@@ -624,11 +637,12 @@ class Coordinator:
         bar: Any,
         progress: Progress,
     ) -> set[str]:
-        """Send the wave as one chord and wait for it. Returns the ids of sent tasks that have
-        no outcome when the wave closed (by its summary, or at its deadline); empty when complete.
+        """:meth:`_dispatch` then :meth:`_wait`."""
+        return self._wait(n, self._dispatch(n, to_send, gates), bar, progress)
 
-        Raises :class:`CampaignAborted` on an abort request (``buddy abort``). A failed chord
-        (its body will not run) is not fatal: the wave closes from the outcomes in Redis."""
+    def _dispatch(self, n: int, to_send: dict[str, list[PlannedTask]], gates: dict[str, Gate]) -> _Dispatch:
+        """Send ``to_send`` as one chord: micro-batches of one agent's tasks on its queue, the
+        body ``buddy.wave_complete`` on ``buddy.coordinator``."""
         token = secrets.token_hex(8)
         header = []
         for agent, pts in sorted(to_send.items()):
@@ -663,7 +677,22 @@ class Coordinator:
         deadline_s = self.opts.wave_timeout_s or wave_deadline_s(to_send, self.plan.agents, self.registry)
         self.store.update_campaign(self.cid, current_wave=n, chord_id=result.id)
         self.store.event(self.cid, "wave_dispatched", wave=n, messages=len(header), chord_id=result.id)
-        self.body = _Body(token, result.id)
+        self.dispatch = _Dispatch(token, result.id, sent_ids, baseline, deadline_s)
+        return self.dispatch
+
+    def _wait(self, n: int, sending: _Dispatch, bar: Any, progress: Progress) -> set[str]:
+        """Wait for a dispatch. Returns the ids of sent tasks that have no outcome when the wave
+        closed (every member reported, or the body's summary came, or the deadline passed);
+        empty when complete.
+
+        Raises :class:`CampaignAborted` on an abort request (``buddy abort``). A failed chord
+        (its body will not run) is not fatal: the wave closes from the outcomes in Redis."""
+        token, sent_ids, baseline, deadline_s = (
+            sending.token,
+            sending.ids,
+            sending.baseline,
+            sending.deadline_s,
+        )
         deadline = time.monotonic() + deadline_s
         last_check = 0.0
         while True:
@@ -677,7 +706,7 @@ class Coordinator:
                 # Every member reported (the last outcome write pushed a wake-up, or the body
                 # its summary). A member whose outcome write was lost (a Redis restart) would
                 # still be missing: check, never assume. The body's analysis is awaited later.
-                self.body.reported = summary is not None
+                sending.reported = summary is not None
                 missing = self.store.missing_outcomes(self.cid, sent_ids)
                 if not missing:
                     return set()
@@ -691,15 +720,18 @@ class Coordinator:
                 raise CampaignAborted(
                     f"aborted by an operator: {self.store.campaign(self.cid)['abort_requested']}"
                 )
-            if not self.body.failed and self.app.backend.get_task_meta(result.id).get("status") == "FAILURE":
+            if (
+                not sending.failed
+                and self.app.backend.get_task_meta(sending.chord_id).get("status") == "FAILURE"
+            ):
                 # The body will not run (a member raised, or the chord's join hit a Redis
                 # restart). The outcomes in Redis are the truth: close the wave from them,
                 # or at the deadline.
-                self.body.failed = True
+                sending.failed = True
                 self.console.print(
                     f"[yellow]wave {n}: the chord failed; closing the wave from its outcomes[/]"
                 )
-                self.store.event(self.cid, "chord_failed", wave=n, chord_id=result.id)
+                self.store.event(self.cid, "chord_failed", wave=n, chord_id=sending.chord_id)
             if now >= deadline:
                 missing = self.store.missing_outcomes(self.cid, sent_ids)
                 self.console.print(
@@ -707,7 +739,7 @@ class Coordinator:
                     "without an outcome[/]"
                 )
                 self.store.event(self.cid, "wave_deadline", wave=n, missing=len(missing))
-                self.body.failed = True  # its members are not all back: the body will not report
+                sending.failed = True  # its members are not all back: the body will not report
                 return missing
 
     def _await_body(self, n: int) -> None:
@@ -715,7 +747,7 @@ class Coordinator:
         :data:`BODY_GRACE_S` seconds to report once the wave closed; the coordinator's
         :meth:`Learner.after_wave` analyzes the wave itself when the body is late or will not
         run. Either way one report wins: :func:`buddy.analysis.analyze` stores it with SET NX."""
-        body = self.body
+        body = self.dispatch
         if body is None or body.reported or body.failed:
             return
         end = time.monotonic() + BODY_GRACE_S
@@ -830,12 +862,14 @@ class Coordinator:
                 self.out.agent_dir(n, agent) / OutputWriter.ASSIGNMENTS, by_agent.get(agent, [])
             )
 
-    def _write_wave_outputs(self, n: int, outcomes: list[Outcome]) -> None:
-        by_agent: dict[str, list[Outcome]] = defaultdict(list)
+    def _write_wave_outputs(self, n: int, outcomes: list[Outcome], raw: dict[str, bytes]) -> None:
+        """``executed_tasks.jsonl`` per agent (each outcome's JSON as Redis holds it, ``raw``),
+        the tool log's new lines and the state transitions so far."""
+        by_agent: dict[str, list[bytes]] = defaultdict(list)
         for o in outcomes:
-            by_agent[o.agent_id or "-"].append(o)
+            by_agent[o.agent_id or "-"].append(raw[o.task_id])
         for agent in sorted({a.id for a in self.plan.agents} | set(by_agent)):
-            self.out.write_jsonl(
+            self.out.write_raw_jsonl(
                 self.out.agent_dir(n, agent) / OutputWriter.EXECUTED, by_agent.get(agent, [])
             )
         new = [o for o in outcomes if o.task_id not in self.preexisting]
@@ -855,11 +889,19 @@ class Coordinator:
         self.out.write_text(OutputWriter.HTML, html)
 
     def _flush_transitions(self) -> None:
-        rows = [*self.transitions, *self.store.pop_transitions(self.cid)]
+        """Append the coordinator's and the workers' transitions so far, in time order, to
+        ``state_transitions.jsonl`` (the workers' rows as Redis holds them: only ``at`` is read)."""
+        rows = [(t.at, t.model_dump_json().encode()) for t in self.transitions]
+        rows += [
+            (datetime.fromisoformat(orjson.loads(x)["at"]), x)
+            for x in self.store.pop_transitions_raw(self.cid)
+        ]
         self.transitions.clear()
         if rows:
-            rows.sort(key=lambda t: t.at)
-            self.out.append_jsonl(OutputWriter.TRANSITIONS, rows)
+            rows.sort(key=lambda r: r[0])
+            self.out.write_raw_jsonl(
+                self.out.root / OutputWriter.TRANSITIONS, (x for _, x in rows), append=True
+            )
 
     def _finish(self, status: CampaignStatus, abort_reason: str | None) -> ExecutionSummary:
         counts = StatusCounts()

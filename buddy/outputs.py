@@ -54,6 +54,15 @@ class OutputWriter:
                 f.write("\n")
         return path
 
+    def write_raw_jsonl(self, path: Path, lines: Iterable[bytes], *, append: bool = False) -> Path:
+        """Like :meth:`write_jsonl` for rows already serialized (one JSON document each, no
+        newline): the outcomes and transitions as Redis holds them."""
+        with path.open("ab" if append else "wb") as f:
+            for line in lines:
+                f.write(line)
+                f.write(b"\n")
+        return path
+
     def append_jsonl(self, name: str, rows: Iterable[BaseModel]) -> Path:
         return self.write_jsonl(self.root / name, rows, append=True)
 

@@ -253,6 +253,22 @@ class Store:
         vals = self.r.hmget(key, ids)
         return {t: Outcome.model_validate_json(v) for t, v in zip(ids, vals, strict=True) if v is not None}
 
+    def outcomes_raw(self, cid: str, task_ids: list[str]) -> dict[str, bytes]:
+        """The stored ``Outcome`` JSON of each of ``task_ids`` that has one (HMGET), unparsed:
+        the coordinator parses each once and writes the bytes as they are."""
+        if not task_ids:
+            return {}
+        vals = self.r.hmget(self.keys.outcomes(cid), task_ids)
+        return {
+            t: v.encode() if isinstance(v, str) else v
+            for t, v in zip(task_ids, vals, strict=True)
+            if v is not None
+        }
+
+    def has_outcomes(self, cid: str) -> bool:
+        """Whether any outcome of ``cid`` is stored yet (HLEN): a new campaign has none."""
+        return bool(self.r.hlen(self.keys.outcomes(cid)))
+
     def begin_batch(
         self, cid: str, task_ids: list[str]
     ) -> tuple[dict[str, Outcome], dict[str, Claim], str | None]:
@@ -526,12 +542,16 @@ class Store:
         target.rpush(self.keys.transitions(cid), *(t.model_dump_json() for t in rows))
 
     def pop_transitions(self, cid: str) -> list[Transition]:
-        """Take every queued transition of ``cid`` (LRANGE + LTRIM in one MULTI)."""
+        """Take every queued transition of ``cid`` (LRANGE + DEL in one MULTI)."""
+        return [Transition.model_validate_json(x) for x in self.pop_transitions_raw(cid)]
+
+    def pop_transitions_raw(self, cid: str) -> list[bytes]:
+        """:meth:`pop_transitions` as stored: one ``Transition`` JSON document each."""
         pipe = self.r.pipeline(transaction=True)
         pipe.lrange(self.keys.transitions(cid), 0, -1)
         pipe.delete(self.keys.transitions(cid))
         rows, _ = pipe.execute()
-        return [Transition.model_validate_json(x) for x in rows]
+        return [x.encode() if isinstance(x, str) else x for x in rows]
 
     # -- system lock ---------------------------------------------------------------------
 
