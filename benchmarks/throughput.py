@@ -39,8 +39,10 @@ What each number means:
   ``finished_to_dispatched_ms`` split it at wave k's ``wave_finished`` event.
 - ``share_of_ideal`` (I/O): ``ideal_s`` / ``wall_s`` where ``ideal_s`` = Σ sleep seconds /
   (agents × threads), the wall of a campaign that keeps every thread sleeping from its first
-  to its last instant; 1.0 is perfect. ``exec_share`` uses the span from the first outcome's
-  ``start_time`` to the last ``end_time`` instead (dispatch and outputs excluded).
+  to its last instant; 1.0 is perfect. ``to_last_outcome_share`` divides by the time from the
+  run's start (plan read) to the last task's ``end_time`` instead (the outputs and report
+  written after it excluded), ``exec_share`` by the span from the first outcome's
+  ``start_time`` to the last ``end_time`` (planning, dispatch and outputs excluded).
 - ``planning``: ``seconds`` = ``build_plan`` + ``resolve`` (the plan file read, parsed,
   validated, layered, assigned, conflicts found); ``peak_rss_mb`` = the peak RSS of that
   interpreter afterwards (``VmHWM``, else ``ru_maxrss``), ``delta_rss_mb`` = minus the peak
@@ -168,6 +170,7 @@ class Meter:
         self.sessions = list(worker_sessions)
         self.redis_pid = redis_pid
         self.wall_s = 0.0
+        self.start_epoch = 0.0
         self.commands: dict[str, int] = {}
         self.cpu_s: dict[str, float] = {}
 
@@ -183,6 +186,7 @@ class Meter:
         self._cmd0 = command_stats(self.client)
         self._cpu0 = self._cpu()
         self._t0 = time.perf_counter()
+        self.start_epoch = time.time()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -491,7 +495,9 @@ def _io_run(b: Bench, p: Params, rep: int) -> dict[str, Any]:
     slots = len(AGENT_IDS) * p.io_threads
     ideal = p.io_n * p.io_sleep_s / slots
     outcomes = b.store.outcomes(cid).values()
-    span = (max(o.end_time for o in outcomes) - min(o.start_time for o in outcomes)).total_seconds()
+    last_end = max(o.end_time for o in outcomes)
+    span = (last_end - min(o.start_time for o in outcomes)).total_seconds()
+    to_last = last_end.timestamp() - m.start_epoch
     row = m.row(p.io_n) | {
         "campaign_id": cid,
         "sleep_s": p.io_sleep_s,
@@ -500,6 +506,8 @@ def _io_run(b: Bench, p: Params, rep: int) -> dict[str, Any]:
         "share_of_ideal": round(ideal / m.wall_s, 3),
         "exec_span_s": round(span, 4),
         "exec_share": round(ideal / span, 3),
+        "to_last_outcome_s": round(to_last, 4),
+        "to_last_outcome_share": round(ideal / to_last, 3),
         "messages": wave_timings(b.store, cid)["messages_per_wave"],
     }
     log(
@@ -630,6 +638,8 @@ def print_table(r: dict[str, Any]) -> None:
     t.add_row("Buddy waves, tasks/s", f"{waves['tasks_per_s']:.0f}", "", "")
     t.add_row("Buddy waves, Redis cmds/task", f"{waves['redis_cmds_per_task']:.1f}", "", "")
     t.add_row("Buddy I/O, tasks/s", f"{io_['tasks_per_s']:.0f}", "", "")
+    shares = f"{io_['to_last_outcome_share']:.2f} / {io_['exec_share']:.2f}"
+    t.add_row("Buddy I/O share: to last outcome / exec span", shares, "", "")
     t.add_row("idle fleet, Redis cmds/s", f"{r['idle_redis_cmds_per_s']:.0f}", "", "")
     for s in r["planning"]["sizes"]:
         value = f"{s['seconds']:.2f} / {s['peak_rss_mb']:.0f}"

@@ -65,7 +65,7 @@ def test_quick_benchmark_reports_every_measurement(tmp_path: Path) -> None:
 
     io = r["buddy_io"]
     assert io["slots"] == 4 * 8 and io["ideal_s"] > 0
-    assert 0 < io["share_of_ideal"] <= io["exec_share"]
+    assert 0 < io["share_of_ideal"] <= io["to_last_outcome_share"] <= io["exec_share"]
     assert min(io["fleet_b_processes"]) >= 4
 
     (plan,) = r["planning"]["sizes"]
