@@ -157,11 +157,14 @@ def _pairs_in_wave(
                 users[name] = [one, (seq, pt, c.mode)]
         if pt.task.tool in exclusive_tools:
             exclusive[pt.task.tool].append(pt)
+    first_write: dict[str, int] = {}  # groups go in the order of each resource's first write claim
+    for name, us in users.items():
+        at = next((seq for seq, _, mode in us if mode == "write"), None)
+        if at is not None:
+            first_write[name] = at
     writers: dict[str, list[PlannedTask]] = {}
     readers: dict[str, list[PlannedTask]] = {}
-    # groups in the order of each resource's first write claim
-    for _, name in sorted((min(u[0] for u in us if u[2] == "write"), nm) for nm, us in users.items()
-                          if any(u[2] == "write" for u in us)):  # fmt: skip
+    for name in sorted(first_write, key=first_write.__getitem__):
         writers[name] = [pt for _, pt, mode in users[name] if mode == "write"]
         readers[name] = [pt for _, pt, mode in users[name] if mode != "write"]
     groups: list[tuple[ConflictType, str, list[PlannedTask]]] = []
@@ -181,23 +184,13 @@ def _edges(t: ConflictType, subject: str, group: list[PlannedTask]) -> dict[str,
     """Which tasks of a group may not share a wave with which, both ways: every pair, except
     that readers of ``subject`` may share one (a read_write group: only pairs with a writer)."""
     ids = [pt.task.task_id for pt in group]
-    apart: dict[str, set[str]] = {tid: set() for tid in ids}
-    if t is T.READ_WRITE:
-        writes = [
-            pt.task.task_id for pt in group if any(c.name == subject and c.mode == "write" for c in pt.claims)
-        ]
-        for w in writes:  # O(writers x group), not O(group^2): readers can be thousands
-            apart[w].update(ids)
-            for other in ids:
-                apart[other].add(w)
-    else:
-        every = set(ids)
-        for tid in ids:
-            apart[tid] = every
-    for tid in ids:
-        if tid in apart[tid]:
-            apart[tid] = apart[tid] - {tid}
-    return apart
+    if t is not T.READ_WRITE:
+        return {tid: set(ids) - {tid} for tid in ids}
+    # O(writers x group), not O(group^2): a resource can have thousands of readers
+    writes = {
+        pt.task.task_id for pt in group if any(c.name == subject and c.mode == "write" for c in pt.claims)
+    }
+    return {tid: (set(ids) if tid in writes else set(writes)) - {tid} for tid in ids}
 
 
 def resolve(plan: CampaignPlan, registry: ToolRegistry, policy: ConflictPolicy) -> ConflictsReport:

@@ -294,7 +294,7 @@ class Coordinator:
         for tid in self.plan.tasks:
             o = self.outcomes.get(tid)
             self.lifecycle.state[tid] = o.status if o is not None else TaskStatus.VALIDATED
-        self.store.pop_transitions(self.cid)  # written by the coordinator that died, or lost with it
+        self.store.pop_transitions_raw(self.cid)  # written by the coordinator that died, or lost with it
         log = self.out.root / OutputWriter.TOOL_LOG
         ordered = sorted(self.outcomes.values(), key=lambda o: (o.wave, o.task_id))
         self.out.write_jsonl(log, (e for o in ordered for e in tool_log_entries(o)))
@@ -687,27 +687,21 @@ class Coordinator:
 
         Raises :class:`CampaignAborted` on an abort request (``buddy abort``). A failed chord
         (its body will not run) is not fatal: the wave closes from the outcomes in Redis."""
-        token, sent_ids, baseline, deadline_s = (
-            sending.token,
-            sending.ids,
-            sending.baseline,
-            sending.deadline_s,
-        )
-        deadline = time.monotonic() + deadline_s
+        deadline = time.monotonic() + sending.deadline_s
         last_check = 0.0
         while True:
-            summary = self.store.wait_wave_done(self.cid, n, 0.2, token)
+            summary = self.store.wait_wave_done(self.cid, n, 0.2, sending.token)
             c = self.store.wave_counters(self.cid, n)
             done = int(c.get("done", 0))
             progress.update(
                 bar, completed=done, failed=int(c.get("failed", 0)), running=max(0, int(c.get("running", 0)))
             )
-            if summary is not None or done - baseline >= len(sent_ids):
+            if summary is not None or done - sending.baseline >= len(sending.ids):
                 # Every member reported (the last outcome write pushed a wake-up, or the body
                 # its summary). A member whose outcome write was lost (a Redis restart) would
                 # still be missing: check, never assume. The body's analysis is awaited later.
                 sending.reported = summary is not None
-                missing = self.store.missing_outcomes(self.cid, sent_ids)
+                missing = self.store.missing_outcomes(self.cid, sending.ids)
                 if not missing:
                     return set()
                 if summary is not None:
@@ -733,10 +727,10 @@ class Coordinator:
                 )
                 self.store.event(self.cid, "chord_failed", wave=n, chord_id=sending.chord_id)
             if now >= deadline:
-                missing = self.store.missing_outcomes(self.cid, sent_ids)
+                missing = self.store.missing_outcomes(self.cid, sending.ids)
                 self.console.print(
-                    f"[yellow]wave {n}: deadline of {deadline_s:.0f} s passed with {len(missing)} task(s) "
-                    "without an outcome[/]"
+                    f"[yellow]wave {n}: deadline of {sending.deadline_s:.0f} s passed with "
+                    f"{len(missing)} task(s) without an outcome[/]"
                 )
                 self.store.event(self.cid, "wave_deadline", wave=n, missing=len(missing))
                 sending.failed = True  # its members are not all back: the body will not report

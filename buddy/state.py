@@ -143,6 +143,11 @@ def _s(v: bytes | str | None) -> str | None:
     return v.decode() if isinstance(v, bytes) else v
 
 
+def _b(v: bytes | str) -> bytes:
+    """A stored value as bytes, whether the client decodes responses or not."""
+    return v.encode() if isinstance(v, str) else v
+
+
 class Store:
     """Buddy's Redis state. ``client`` is any redis-py compatible client (fakeredis in unit tests).
 
@@ -202,10 +207,7 @@ class Store:
 
     def missing_outcomes(self, cid: str, task_ids: list[str]) -> set[str]:
         """The ids among ``task_ids`` with no outcome yet (HMGET, nothing parsed)."""
-        if not task_ids:
-            return set()
-        vals = self.r.hmget(self.keys.outcomes(cid), task_ids)
-        return {t for t, v in zip(task_ids, vals, strict=True) if v is None}
+        return set(task_ids) - self.outcomes_raw(cid, task_ids).keys()
 
     def wave_counters(self, cid: str, n: int) -> dict[str, str]:
         raw = self.r.hgetall(self.keys.wave(cid, n))
@@ -247,11 +249,7 @@ class Store:
         if task_ids is None:
             raw = self.r.hgetall(key)
             return {_s(k) or "": Outcome.model_validate_json(v) for k, v in raw.items()}
-        ids = list(task_ids)
-        if not ids:
-            return {}
-        vals = self.r.hmget(key, ids)
-        return {t: Outcome.model_validate_json(v) for t, v in zip(ids, vals, strict=True) if v is not None}
+        return {t: Outcome.model_validate_json(v) for t, v in self.outcomes_raw(cid, list(task_ids)).items()}
 
     def outcomes_raw(self, cid: str, task_ids: list[str]) -> dict[str, bytes]:
         """The stored ``Outcome`` JSON of each of ``task_ids`` that has one (HMGET), unparsed:
@@ -259,11 +257,7 @@ class Store:
         if not task_ids:
             return {}
         vals = self.r.hmget(self.keys.outcomes(cid), task_ids)
-        return {
-            t: v.encode() if isinstance(v, str) else v
-            for t, v in zip(task_ids, vals, strict=True)
-            if v is not None
-        }
+        return {t: _b(v) for t, v in zip(task_ids, vals, strict=True) if v is not None}
 
     def has_outcomes(self, cid: str) -> bool:
         """Whether any outcome of ``cid`` is stored yet (HLEN): a new campaign has none."""
@@ -551,7 +545,7 @@ class Store:
         pipe.lrange(self.keys.transitions(cid), 0, -1)
         pipe.delete(self.keys.transitions(cid))
         rows, _ = pipe.execute()
-        return [x.encode() if isinstance(x, str) else x for x in rows]
+        return [_b(x) for x in rows]
 
     # -- system lock ---------------------------------------------------------------------
 

@@ -128,6 +128,17 @@ def test_read_write_serialize_lets_readers_share(tmp_path: Path, reg: ToolRegist
     assert [c.type for c in report.conflicts] == [T.READ_WRITE]
 
 
+def test_readers_that_write_other_resources_still_share(tmp_path: Path, reg: ToolRegistry) -> None:
+    # each reader of db also writes its own file: that is no reason to keep the readers apart
+    lines = [
+        {**r, "resources": [*r["resources"], f"file:/out/{r['task_id']}"]} if r["task_id"] != "w" else r
+        for r in RW
+    ]
+    plan = plan_of(tmp_path, reg, lines)
+    resolve(plan, reg, policy())
+    assert waves(plan) == {1: ["w"], 2: ["r1", "r2"]}
+
+
 def test_read_write_priority_and_reject(tmp_path: Path, reg: ToolRegistry) -> None:
     plan = plan_of(tmp_path, reg, RW)
     resolve(plan, reg, policy(read_write="priority"))
