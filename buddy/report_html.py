@@ -35,14 +35,31 @@ img{max-width:100%;height:auto}
 _STATUS_COLORS = {"EXCELLENT": "#1a7f37", "GOOD": "#2f6fb0", "FAIR": "#b26b00", "POOR": "#c62828"}
 
 
-def _figure(width: float = 8.0, height: float = 3.2) -> Figure:
+def _figure(width: float = 8.0, height: float = 3.2, right: float = 0.98) -> Figure:
+    """A figure with fixed margins (``right``: the plot's right edge, a 0–1 fraction of the
+    width; less leaves room for a legend beside it).
+
+    Everything is placed, nothing is searched for: layout="constrained" (0.45 s for the three
+    charts of a 2000-task campaign), a title placed above whatever the axes draw there, a
+    legend at loc="best" (which tests every artist for overlap) each cost more than the
+    drawing itself.
+    """
     from matplotlib.figure import Figure
 
-    # Fixed margins instead of layout="constrained": the layout solver was most of the
-    # rendering time (0.45 s for the three charts of a 2000-task campaign).
     fig = Figure(figsize=(width, height), dpi=90)
-    fig.subplots_adjust(left=0.08, right=0.98, top=0.88, bottom=0.18)
+    fig.subplots_adjust(left=0.08, right=right, top=0.88, bottom=0.18)
     return fig
+
+
+def _title(ax: Any, text: str) -> None:
+    """The chart's title at a fixed height: an explicit ``y`` turns off matplotlib's search
+    for a place above the axes' decorations (there are none: ticks and labels sit below)."""
+    ax.set_title(text, y=1.0, pad=6)
+
+
+def _legend_beside(ax: Any, ncols: int = 1) -> None:
+    """The legend right of the plot, top-aligned (the figure leaves room: ``_figure(right=...)``)."""
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, ncols=ncols)
 
 
 def _png(fig: Figure) -> str:
@@ -71,7 +88,7 @@ def health_chart(health: Sequence[HealthReport]) -> str | None:
     ax.set_xticks(xs)
     ax.set_xlabel("wave")
     ax.set_ylabel("health (0–100)")
-    ax.set_title("Health per wave")
+    _title(ax, "Health per wave")
     ax.grid(axis="y", alpha=0.3)
     return _png(fig)
 
@@ -82,7 +99,8 @@ def throughput_chart(wave_metrics: Sequence[WaveMetrics]) -> str | None:
     agents = sorted({aid for m in wave_metrics for aid, a in m.agents.items() if a.executed})
     if not waves or not agents:
         return None
-    fig = _figure()
+    ncols = 1 + (len(agents) - 1) // 10  # ten agents to a legend column
+    fig = _figure(right=0.86 - 0.1 * (ncols - 1))
     ax = fig.add_subplot()
     width = 0.8 / len(agents)
     for i, aid in enumerate(agents):
@@ -92,8 +110,8 @@ def throughput_chart(wave_metrics: Sequence[WaveMetrics]) -> str | None:
     ax.set_xticks(range(len(waves)), [str(w) for w in waves])
     ax.set_xlabel("wave")
     ax.set_ylabel("tasks / s")
-    ax.set_title("Throughput per agent per wave")
-    ax.legend(fontsize="small", ncols=min(len(agents), 6))
+    _title(ax, "Throughput per agent per wave")
+    _legend_beside(ax, ncols)
     ax.grid(axis="y", alpha=0.3)
     return _png(fig)
 
@@ -103,7 +121,7 @@ def latency_chart(outcomes: Sequence[Outcome]) -> str | None:
     durations = [o.duration_ms for o in outcomes if executed(o)]
     if not durations:
         return None
-    fig = _figure()
+    fig = _figure(right=0.84)
     ax = fig.add_subplot()
     lo, hi = min(durations), max(durations)
     if lo > 0 and hi / lo > 100:
@@ -115,15 +133,16 @@ def latency_chart(outcomes: Sequence[Outcome]) -> str | None:
         bins = 40
     from matplotlib.ticker import MaxNLocator
 
-    ax.hist(durations, bins=bins, color="#2f6fb0", alpha=0.85)
+    # one filled outline, not a rectangle per bin: the same picture, a third of the drawing
+    ax.hist(durations, bins=bins, color="#2f6fb0", alpha=0.85, histtype="stepfilled")
     for q, style in ((50, "-"), (95, "--"), (99, ":")):
         x = percentile(durations, q)
         ax.axvline(x, color="#c62828", linestyle=style, linewidth=1.2, label=f"p{q} {x:.3g} ms")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(fontsize="small")
+    _legend_beside(ax)
     ax.set_xlabel("duration (ms)")
     ax.set_ylabel("tasks")
-    ax.set_title(f"Latency distribution ({len(durations)} tasks)")
+    _title(ax, f"Latency distribution ({len(durations)} tasks)")
     ax.grid(axis="y", alpha=0.3)
     return _png(fig)
 
