@@ -66,7 +66,7 @@ from buddy.optimizer import optimizer_markdown
 from buddy.outputs import OutputWriter, tool_log_entries
 from buddy.plan import CampaignPlan, PlannedTask
 from buddy.report import ReportContext, render_report
-from buddy.report_html import render_html
+from buddy.report_html import LatencyChart, render_html
 from buddy.rollback import compensate
 from buddy.safety import Approvals, EscalationPolicy, Gate, escalate
 from buddy.state import AgentInfo, Store
@@ -181,6 +181,7 @@ class Coordinator:
         self.done_before: set[int] = set()  # waves a resumed campaign had finished
         self._agents_cache: dict[str, AgentInfo] | None = None
         self.dispatch: _Dispatch | None = None  # the wave's last dispatch
+        self.latency: LatencyChart | None = None  # report.html's latency chart, drawn early
         self.prior_outcomes = True  # outcomes stored before this run (set in _begin)
         self.learner = Learner(
             plan,
@@ -485,6 +486,10 @@ class Coordinator:
         self.store.event(self.cid, "wave_finished", wave=n, by_status=summary.counts.by_status)
         report = None
         if n not in self.done_before:
+            if n == self.plan.wave_numbers()[-1]:
+                # report.html's latency chart needs only the outcomes: draw it while the
+                # body analyzes (the other charts need that analysis)
+                self.latency = LatencyChart.of(list(self.outcomes.values()))
             self._await_body(n)
             report = self.learner.after_wave(n)
         self.dispatch = None
@@ -877,9 +882,8 @@ class Coordinator:
         doc = summary.model_dump(mode="json")
         doc["optimizer"] = [d.model_dump(mode="json") for d in self.learner.decisions]
         healths = [r.health for r in self.learner.reports] + ([final] if final is not None else [])
-        html = render_html(
-            doc, [r.metrics for r in self.learner.reports], list(self.outcomes.values()), healths
-        )
+        metrics = [r.metrics for r in self.learner.reports]
+        html = render_html(doc, metrics, list(self.outcomes.values()), healths, self.latency)
         self.out.write_text(OutputWriter.HTML, html)
 
     def _flush_transitions(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from html import escape
 from typing import TYPE_CHECKING, Any
 
@@ -118,7 +119,32 @@ def throughput_chart(wave_metrics: Sequence[WaveMetrics]) -> str | None:
 
 def latency_chart(outcomes: Sequence[Outcome]) -> str | None:
     """Histogram of executed tasks' duration (ms), log-scaled bins when the range is wide."""
-    durations = [o.duration_ms for o in outcomes if executed(o)]
+    return LatencyChart.of(outcomes).uri
+
+
+@dataclass(frozen=True)
+class LatencyChart:
+    """The latency chart drawn ahead of the report, with the durations (ms) it shows.
+
+    The coordinator draws it while the last wave's chord body analyzes (the chart needs only
+    the outcomes, the other two charts need that analysis); :func:`render_html` uses it when
+    the outcomes it is given have the same durations, else draws the chart again.
+    """
+
+    durations: tuple[float, ...]
+    uri: str | None
+
+    @classmethod
+    def of(cls, outcomes: Sequence[Outcome]) -> LatencyChart:
+        durations = _durations(outcomes)
+        return cls(durations, _latency_uri(durations))
+
+
+def _durations(outcomes: Sequence[Outcome]) -> tuple[float, ...]:
+    return tuple(o.duration_ms for o in outcomes if executed(o))
+
+
+def _latency_uri(durations: Sequence[float]) -> str | None:
     if not durations:
         return None
     fig = _figure(right=0.84)
@@ -145,6 +171,13 @@ def latency_chart(outcomes: Sequence[Outcome]) -> str | None:
     _title(ax, f"Latency distribution ({len(durations)} tasks)")
     ax.grid(axis="y", alpha=0.3)
     return _png(fig)
+
+
+def _latency(outcomes: Sequence[Outcome], drawn: LatencyChart | None) -> str | None:
+    durations = _durations(outcomes)
+    if drawn is not None and drawn.durations == durations:
+        return drawn.uri
+    return _latency_uri(durations)
 
 
 # -- HTML ------------------------------------------------------------------------------------
@@ -198,6 +231,7 @@ def render_html(
     wave_metrics: Sequence[WaveMetrics],
     outcomes: Sequence[Outcome],
     health: Sequence[HealthReport],
+    latency: LatencyChart | None = None,
 ) -> str:
     """The self-contained HTML report.
 
@@ -205,7 +239,8 @@ def render_html(
     ``optimizer`` key with a list of ``{"wave", "goal", "reason"}`` dicts adds a section);
     ``wave_metrics``: every wave's metrics; ``outcomes``: every outcome (latency chart);
     ``health``: every wave's health report (the one with ``wave`` None, if any, is the
-    campaign's).
+    campaign's); ``latency``: the latency chart if already drawn (used only when it shows
+    these outcomes' durations).
     """
     cid = str(summary_json.get("campaign_id", "campaign"))
     final = next((h for h in reversed(health) if h.wave is None), health[-1] if health else None)
@@ -284,7 +319,7 @@ def render_html(
         ),
         "<h2>Latency</h2>",
         _figure_html(
-            latency_chart(outcomes),
+            _latency(outcomes, latency),
             "Latency distribution",
             "Duration of each executed task's last attempt; red lines: p50, p95, p99.",
         ),

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from buddy.models import AgentSpec, Mode, Outcome, TaskStatus
 from buddy.monitor import HealthReport, WaveMetrics, compute_wave_metrics, detect_anomalies, health
-from buddy.report_html import render_html
+from buddy.report_html import LatencyChart, render_html
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 AGENTS = [AgentSpec(id="a1", concurrency=4), AgentSpec(id="a2", concurrency=1)]
@@ -86,3 +86,17 @@ def test_html_without_data_says_so() -> None:
     assert "Campaign empty" in html
     assert html.count("no data") == 3
     assert "<img" not in html
+
+
+def test_a_latency_chart_drawn_ahead_is_used_only_for_the_same_durations() -> None:
+    summary, metrics, outs, reports = campaign()
+    ahead = LatencyChart.of(outs)
+    assert ahead.uri is not None and len(ahead.durations) == len(outs)
+    marked = LatencyChart(ahead.durations, "data:image/png;base64,QUhFQUQ=")
+    html = render_html(summary, metrics, outs, reports, marked)
+    assert "QUhFQUQ=" in html  # drawn ahead, not drawn again
+    # one more outcome since: the chart drawn ahead is stale and is drawn again
+    stale = LatencyChart(ahead.durations[:-1], "data:image/png;base64,QUhFQUQ=")
+    html = render_html(summary, metrics, outs, reports, stale)
+    assert "QUhFQUQ=" not in html
+    assert len(re.findall(r'<img src="data:image/png;base64,', html)) == 3

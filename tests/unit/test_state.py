@@ -170,7 +170,9 @@ def test_the_outcome_write_that_completes_a_dispatch_wakes_the_coordinator(store
     store.record_outcomes([outcome("b")])
     assert store.r.llen(key) == 0  # 3 of 4: nobody woken
     store.record_outcomes([outcome("c"), outcome("d")])  # crosses 4 (to 5): exactly one wake-up
-    assert [x.decode() if isinstance(x, bytes) else x for x in store.r.lrange(key, 0, -1)] == [buddy.state.WAKE]
+    assert [x.decode() if isinstance(x, bytes) else x for x in store.r.lrange(key, 0, -1)] == [
+        buddy.state.WAKE
+    ]
     store.record_outcomes([outcome("e")])  # already past: no second wake-up
     assert store.r.llen(key) == 1
     # the wake-up is no summary: the waiter returns None and reads the counters
