@@ -46,6 +46,7 @@ from buddy.tools.registry import ToolRegistry
 
 if TYPE_CHECKING:  # plan.py imports config.py, which imports this module's policy
     from buddy.plan import CampaignPlan, PlannedTask
+    from buddy.tools.contract import ToolContract
 
 
 class ConflictType(StrEnum):
@@ -219,21 +220,24 @@ def _resolve(plan: CampaignPlan, registry: ToolRegistry, policy: ConflictPolicy)
             )
         )  # fmt: skip
 
-    # duplicates of irreversible calls, across the whole plan; a tool whose idempotency does
-    # not depend on its args is classified once (no per-task validation of 100k args)
-    tools = {pt.task.tool for pt in plan.tasks.values()}
-    contracts = {t: registry.get(t) for t in tools}
-    exclusive_tools = {t for t, c in contracts.items() if c.exclusive}
-    safe_tools = {
-        t for t, c in contracts.items() if c.reversible or (c.idempotent_of is None and c.idempotent)
-    }
+    # duplicates of irreversible calls, across the whole plan, in one pass; a tool whose
+    # idempotency does not depend on its args is classified once (no per-task validation)
+    contracts: dict[str, ToolContract] = {}
+    safe_tools: set[str] = set()
     seen: dict[tuple[str, str], list[PlannedTask]] = defaultdict(list)
     for pt in plan.tasks.values():
-        if pt.task.tool in safe_tools:
+        tool = pt.task.tool
+        if tool in safe_tools:
             continue
-        contract = contracts[pt.task.tool]
+        contract = contracts.get(tool)
+        if contract is None:
+            contract = contracts[tool] = registry.get(tool)
+            if contract.reversible or (contract.idempotent_of is None and contract.idempotent):
+                safe_tools.add(tool)
+                continue
         if contract.idempotent_of is None or not contract.is_idempotent(contract.parse_args(pt.task.args)):
-            seen[(pt.task.tool, json.dumps(pt.task.args, sort_keys=True))].append(pt)
+            seen[(tool, json.dumps(pt.task.args, sort_keys=True))].append(pt)
+    exclusive_tools = {t for t, c in contracts.items() if c.exclusive}
     for (tool, args), group in seen.items():
         if len(group) < 2:
             continue
@@ -259,7 +263,7 @@ def _resolve(plan: CampaignPlan, registry: ToolRegistry, policy: ConflictPolicy)
 
     # same-wave conflicts
     new_waves: dict[int, list[PlannedTask]] = {}
-    placed: dict[str, PlannedTask] = {}
+    moved: dict[str, PlannedTask] = {}  # task id -> its record in its new wave
     renumbering: dict[int, list[int]] = {}
     subs: dict[int, dict[str, int]] = {}
     for number in plan.wave_numbers():
@@ -320,21 +324,22 @@ def _resolve(plan: CampaignPlan, registry: ToolRegistry, policy: ConflictPolicy)
             renumbering[number] = numbers
         buckets: list[list[PlannedTask]] = [[] for _ in numbers]
         for pt in plan.waves[number]:  # one pass per wave, not one per sub-wave
-            k = sub.get(pt.task.task_id, 0)
+            k = sub.get(pt.task.task_id, 0) if sub else 0
             new = numbers[k]
             if pt.wave != new:  # positional: dataclasses.replace costs 3x as much at 100k tasks
                 pt = PlannedTask(pt.task, pt.line, new, pt.agent, pt.pinned, pt.claims, pt.expected_s)
+                moved[pt.task.task_id] = pt
             buckets[k].append(pt)
-            placed[pt.task.task_id] = pt
         new_waves.update(zip(numbers, buckets, strict=True))
     if rejected:
         raise PlanError([f"{plan.path}: conflict ({r}); resolution is reject" for r in rejected])
+    # the moved tasks replace their old records in place (plan order kept, no new 100k dict)
+    plan.tasks.update(moved)
     for c in conflicts:
         if c.resolution is R.SERIALIZE and c.type is not T.DEPENDENCY_VIOLATION:
-            c.moved = {tid: placed[tid].wave for tid in c.tasks}
+            c.moved = {tid: plan.tasks[tid].wave for tid in c.tasks}
             c.detail = c.detail or "split into sub-waves, higher priority first"
     plan.waves = {n: pts for n, pts in new_waves.items() if pts}
-    plan.tasks = {tid: placed[tid] for tid in plan.tasks}
     return ConflictsReport(
         policy={t.value: policy.of(t).value for t in ConflictType},
         conflicts=conflicts,

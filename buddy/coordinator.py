@@ -134,8 +134,9 @@ BODY_GRACE_S = 2.0
 @dataclasses.dataclass
 class _Dispatch:
     """One dispatch of a wave: its token, chord id, the sent task ids, the wave's ``done``
-    counter before it, its deadline in seconds, and whether the chord body reported or will
-    not run (the chord failed, or the wave closed at its deadline)."""
+    counter before it, its deadline in seconds, whether the chord body reported or will
+    not run (the chord failed, or the wave closed at its deadline), and the outcomes (stored
+    JSON) read when the wave closed."""
 
     token: str
     chord_id: str
@@ -144,6 +145,7 @@ class _Dispatch:
     deadline_s: float
     reported: bool = False
     failed: bool = False
+    raw: dict[str, bytes] = dataclasses.field(default_factory=dict)
 
 
 class Coordinator:
@@ -467,13 +469,16 @@ class Coordinator:
         if sent:
             sending = self._dispatch(n, to_send, gates)
             self._write_assignments(n, tasks, gates)  # while the workers start
+            self._flush_transitions(workers=False)  # likewise: this wave's moves so far are ours
             missing = self._wait(n, sending, bar, progress)
             if missing:
                 self._close_lost(n, missing, gates, bar, progress)
         else:
             self._write_assignments(n, tasks, gates)
         self._reuse_outcomes(tasks)
-        raw = self.store.outcomes_raw(self.cid, ids)  # parsed once here, written as stored
+        # parsed once here, written as stored; what the wave's close read is not read again
+        have = self.dispatch.raw if self.dispatch is not None else {}
+        raw = have | self.store.outcomes_raw(self.cid, [i for i in ids if i not in have])
         got = {t: Outcome.model_validate_json(v) for t, v in raw.items()}
         self.outcomes.update(got)
         wave_outcomes = [got[i] for i in ids if i in got]
@@ -706,7 +711,8 @@ class Coordinator:
                 # its summary). A member whose outcome write was lost (a Redis restart) would
                 # still be missing: check, never assume. The body's analysis is awaited later.
                 sending.reported = summary is not None
-                missing = self.store.missing_outcomes(self.cid, sending.ids)
+                sending.raw = self.store.outcomes_raw(self.cid, sending.ids)  # kept for the outputs
+                missing = set(sending.ids) - sending.raw.keys()
                 if not missing:
                     return set()
                 if summary is not None:
@@ -886,14 +892,19 @@ class Coordinator:
         html = render_html(doc, metrics, list(self.outcomes.values()), healths, self.latency)
         self.out.write_text(OutputWriter.HTML, html)
 
-    def _flush_transitions(self) -> None:
+    def _flush_transitions(self, workers: bool = True) -> None:
         """Append the coordinator's and the workers' transitions so far, in time order, to
-        ``state_transitions.jsonl`` (the workers' rows as Redis holds them: only ``at`` is read)."""
+        ``state_transitions.jsonl`` (the workers' rows as Redis holds them: only ``at`` is read).
+
+        ``workers=False``: the coordinator's alone, right after a dispatch. The file stays in
+        time order: every move the coordinator made for a wave precedes its dispatch, and so
+        every worker's move in it (a worker pushes its rows with its outcomes, late)."""
         rows = [(t.at, t.model_dump_json().encode()) for t in self.transitions]
-        rows += [
-            (datetime.fromisoformat(orjson.loads(x)["at"]), x)
-            for x in self.store.pop_transitions_raw(self.cid)
-        ]
+        if workers:
+            rows += [
+                (datetime.fromisoformat(orjson.loads(x)["at"]), x)
+                for x in self.store.pop_transitions_raw(self.cid)
+            ]
         self.transitions.clear()
         if rows:
             rows.sort(key=lambda r: r[0])

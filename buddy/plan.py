@@ -571,6 +571,10 @@ def _layer(
     dependent (the usual case: one pass); the first forward reference switches to Kahn's
     algorithm over the whole graph. Both are O(tasks + dependencies).
     """
+    if not explicit:
+        fast = _layer_in_order(tasks)
+        if fast is not None:
+            return fast
     n = len(tasks)
     index = dict(zip(lines, range(n), strict=True))  # lines is in the order of tasks
     pins = [explicit.get(tid) for tid in lines] if explicit else [None] * n
@@ -642,6 +646,29 @@ def _layer(
                 f"dependency {tasks[top].task_id!r}",
             )
     return wave
+
+
+def _layer_in_order(tasks: list[PlanTask]) -> list[int] | None:
+    """The waves of :func:`_layer` for the usual plan: no explicit waves, and every dependency
+    on an earlier line. None at the first dependency that is not (a forward reference, an
+    unknown or broken task, the task itself): :func:`_layer` then does the whole work and
+    reports what is wrong.
+
+    One dict from task id to wave, nothing else: at 100k tasks the dependency lookups land
+    all over memory, and this path makes one per dependency (half the time of the general
+    path, which also builds an index and the dependency lists).
+    """
+    wave_of: dict[str, int] = {}
+    for t in tasks:
+        best = 0
+        for dep in t.depends_on:
+            w = wave_of.get(dep)
+            if w is None:
+                return None
+            if w > best:
+                best = w
+        wave_of[t.task_id] = best + 1
+    return list(wave_of.values())
 
 
 def _cycles(nodes: list[int], deps: list[list[int]], alive: set[int]) -> list[list[int]]:
@@ -820,6 +847,7 @@ def _choose(
     groups: dict[str, tuple[int, ...]] = {}  # tool -> eligible agents, in agent order
     chosen: list[int] = [-1] * len(tasks)
     free: list[int] = []  # indexes of unpinned tasks, plan order
+    free_tools: list[str] = []  # their tools (read once: a pass over 100k tasks is memory-bound)
     for k, t in enumerate(tasks):
         pin = pins[k]
         if pin is not None:
@@ -837,6 +865,7 @@ def _choose(
         if not group:
             errors.add(lines[k], f"task {t.task_id!r}: no agent offers tool {t.tool!r}; agents: {ids}")
         free.append(k)
+        free_tools.append(t.tool)
     if errors:
         raise PlanError(cap_errors(errors.sorted()))
 
@@ -845,8 +874,8 @@ def _choose(
         cursor, m = 0, len(agents)
         # None: every agent offers the tool, so the cursor's agent takes the task
         allowed_by_tool = {tool: None if len(g) == m else set(g) for tool, g in groups.items()}
-        for k in free:
-            allowed = allowed_by_tool[tasks[k].tool]
+        for k, tool in zip(free, free_tools, strict=True):
+            allowed = allowed_by_tool[tool]
             if allowed is None:
                 chosen[k] = cursor
                 cursor = cursor + 1 if cursor + 1 < m else 0
