@@ -90,7 +90,7 @@ ROOT = Path(__file__).resolve().parents[1]
 AGENT_IDS = ["a1", "a2", "a3", "a4"]
 RAW_MODULE = "benchmarks.rawtasks"
 #: Fresh interpreters per plan size at least (the fastest counts): ``--repeat`` may ask for more.
-PLAN_RUNS = 3
+PLAN_RUNS = 5
 
 
 @dataclass

@@ -72,7 +72,7 @@ def test_quick_benchmark_reports_every_measurement(tmp_path: Path) -> None:
     assert plan["tasks"] == 200 and plan["waves"] >= 1
     assert plan["seconds"] > 0 and plan["peak_rss_mb"] > 0 and plan["delta_rss_mb"] >= 0
     assert plan["peak_rss_mb"] >= plan["baseline_rss_mb"]
-    assert len(plan["all_runs"]) >= 3 and plan["seconds"] == min(plan["all_runs"])  # the fastest counts
+    assert len(plan["all_runs"]) >= 5 and plan["seconds"] == min(plan["all_runs"])  # the fastest counts
 
     names = {g["name"] for g in r["goals"]}
     assert any("Buddy / raw chord" in n for n in names) and any("turnaround" in n for n in names)
