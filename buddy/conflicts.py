@@ -156,7 +156,7 @@ def _pairs_in_wave(
                 users[name].append((seq, pt, c.mode))
             else:
                 users[name] = [one, (seq, pt, c.mode)]
-        if pt.task.tool in exclusive_tools:
+        if exclusive_tools and pt.task.tool in exclusive_tools:  # most plans have none: no read
             exclusive[pt.task.tool].append(pt)
     first_write: dict[str, int] = {}  # groups go in the order of each resource's first write claim
     for name, us in users.items():
