@@ -18,9 +18,18 @@ catch one root. The tree::
 
 Tool errors never travel through Celery: the worker turns them into outcomes
 (DESIGN.md, "Failures are data").
+
+A :class:`PlanError`'s messages are gathered per file by :class:`FileErrors` and capped at
+:data:`MAX_ERRORS` by :func:`cap_errors`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from os import PathLike
+
+#: How many errors a :class:`PlanError` lists before ``… and N more errors``.
+MAX_ERRORS = 50
 
 
 class BuddyError(Exception):
@@ -34,7 +43,7 @@ class ConfigError(BuddyError):
 class PlanError(BuddyError):
     """Raised when a plan fails validation.
 
-    ``errors`` holds every problem found (at most 50), each already formatted as
+    ``errors`` holds every problem found (at most :data:`MAX_ERRORS`), each already formatted as
     ``FILE:LINE: message``; ``str(err)`` joins them with newlines.
     """
 
@@ -98,3 +107,30 @@ class StateError(BuddyError):
 
 class InfrastructureError(BuddyError):
     """Raised when Redis or worker processes cannot be started, reached or found."""
+
+
+class FileErrors:
+    """The validation errors of one file (a plan, a schedule), each kept with its line (0 for
+    the whole file) so they can be listed in line order as ``FILE:LINE: message``."""
+
+    def __init__(self, path: PathLike[str] | str) -> None:
+        self.name = str(path)
+        self.items: list[tuple[int, str]] = []
+
+    def add(self, line: int, message: str) -> None:
+        where = f"{self.name}:{line}" if line else self.name
+        self.items.append((line, f"{where}: {message}"))
+
+    def sorted(self) -> list[str]:
+        return [text for _, text in sorted(self.items, key=lambda item: item[0])]
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+
+def cap_errors(errors: Sequence[str], limit: int = MAX_ERRORS) -> list[str]:
+    """The first ``limit`` errors, then ``… and N more errors`` when there were more."""
+    if len(errors) <= limit:
+        return list(errors)
+    rest = len(errors) - limit
+    return [*errors[:limit], f"… and {rest} more error{'s' if rest != 1 else ''}"]

@@ -8,56 +8,14 @@ dispatched (DESIGN.md, "Validate the whole plan before the first dispatch") and 
 :class:`~buddy.errors.PlanError` holding every problem as ``FILE:LINE: message`` (at most
 :data:`MAX_ERRORS`, then ``… and N more errors``).
 
-Waves
-    A task with an explicit wave (schedule, else plan line) keeps it; it must be greater than
-    the wave of each of its dependencies. Any other task goes in ``1 + max(wave of its
-    dependencies)``, or wave 1 without dependencies. Computed in topological order,
-    O(tasks + dependencies): plan order while every dependency comes before its dependent,
-    else Kahn's algorithm. A cycle is reported as ``a -> b -> a``, each arrow reading
-    "depends on", at the line of its first task in plan order.
-
-Assignment (:func:`assign_wave`, per wave)
-    Pinned tasks keep their agent. An unpinned task goes only to an *eligible* agent, one
-    that offers its tool (:meth:`AgentSpec.offers`). Agent order (the ``agents`` list)
-    breaks every tie. A task's *load* on an agent is divided by the agent's ``concurrency``.
-
-    ``round_robin``
-        Unpinned tasks in plan order are dealt to the agents in turn: a cursor starts at the
-        first agent in each wave; a task goes to the first eligible agent at or after the
-        cursor (wrapping around) and the cursor moves just past that agent. Pinned tasks do
-        not move the cursor. Dispatch order: plan order.
-    ``load_balanced``
-        Tasks by expected duration, longest first (the tool's ``expected_duration(args)`` in
-        seconds; unknown counts as 1, so a plan of unknown durations is balanced by task
-        count), stable by plan order. Pinned tasks are put on their agent's load first; each
-        unpinned task then goes to the eligible agent with the least
-        ``assigned expected seconds / concurrency``. Dispatch order: the same
-        longest-first order (pinned tasks included), so long tasks start first.
-    ``priority``
-        Tasks by descending ``priority``, stable by plan order. Pinned tasks count in the
-        load first; each unpinned task goes to the eligible agent with the least
-        ``tasks / concurrency``. Dispatch order: descending priority, so each agent receives
-        its tasks highest priority first.
-    ``confidence``
-        Each agent has a weight (``weights[agent_id]``, default 1.0: its reliability, set by
-        the optimizer). Pinned tasks count in the load first. Unpinned tasks by ascending
-        ``confidence`` (least confident first, stable by plan order): let ``m`` be the
-        least ``tasks / concurrency`` among the eligible agents; the candidates are the
-        eligible agents holding at most one task more than that level
-        (``(tasks - 1) / concurrency <= m``); the task goes to the candidate with the
-        highest weight. Uncertain tasks land on reliable agents while no agent runs more
-        than about two tasks ahead of the least loaded. Dispatch order: plan order.
-
-    ``load_balanced`` and ``priority`` pick the least loaded agent from a heap per group of
-    eligible agents, O(log agents) per task; ``round_robin`` and ``confidence`` scan agents
-    from a start point and usually stop early (worst case O(agents) per task).
+Waves are laid out by :mod:`buddy.layering`, each wave's tasks assigned to agents by
+:mod:`buddy.assignment` (each module's docstring states its rules).
 """
 
 from __future__ import annotations
 
 import gc
 import hashlib
-import heapq
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -67,8 +25,10 @@ from typing import Any, cast
 
 from pydantic import BaseModel, ValidationError
 
+from buddy.assignment import choose
 from buddy.config import TaskDefaults
-from buddy.errors import PlanError
+from buddy.errors import MAX_ERRORS, FileErrors, PlanError, cap_errors
+from buddy.layering import layer_waves
 from buddy.models import TASK_ID_RE, AgentSpec, PlanTask, ResourceClaim, ScheduleEntry, Strategy
 from buddy.tools.contract import ToolContract, format_validation_error
 from buddy.tools.registry import ToolRegistry
@@ -84,9 +44,6 @@ __all__ = [
     "load_schedule",
     "summary_table",
 ]
-
-#: How many errors a :class:`PlanError` lists before ``… and N more errors``.
-MAX_ERRORS = 50
 
 _json_loads: Callable[[bytes], Any]
 try:
@@ -197,24 +154,6 @@ class CampaignPlan:
 # -- errors ----------------------------------------------------------------------------------
 
 
-class _Errors:
-    """Errors of one file, kept with their line (0 for the whole file) to sort them."""
-
-    def __init__(self, path: Path | str) -> None:
-        self.name = str(path)
-        self.items: list[tuple[int, str]] = []
-
-    def add(self, line: int, message: str) -> None:
-        where = f"{self.name}:{line}" if line else self.name
-        self.items.append((line, f"{where}: {message}"))
-
-    def sorted(self) -> list[str]:
-        return [text for _, text in sorted(self.items, key=lambda item: item[0])]
-
-    def __bool__(self) -> bool:
-        return bool(self.items)
-
-
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector while a plan is read.
@@ -235,14 +174,6 @@ def gc_paused() -> Iterator[None]:
         gc.freeze()
         if was_enabled:
             gc.enable()
-
-
-def cap_errors(errors: Sequence[str], limit: int = MAX_ERRORS) -> list[str]:
-    """The first ``limit`` errors, then ``… and N more errors`` when there were more."""
-    if len(errors) <= limit:
-        return list(errors)
-    rest = len(errors) - limit
-    return [*errors[:limit], f"… and {rest} more error{'s' if rest != 1 else ''}"]
 
 
 def _short(value: Any) -> str:
@@ -273,7 +204,7 @@ def _field_errors(e: ValidationError) -> list[str]:
 # -- reading JSONL ---------------------------------------------------------------------------
 
 
-def _read(path: Path, what: str, errors: _Errors) -> bytes | None:
+def _read(path: Path, what: str, errors: FileErrors) -> bytes | None:
     try:
         return path.read_bytes()
     except OSError as e:
@@ -289,7 +220,7 @@ def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
             yield number, text
 
 
-def _decode(text: bytes, number: int, errors: _Errors) -> dict[str, Any] | None:
+def _decode(text: bytes, number: int, errors: FileErrors) -> dict[str, Any] | None:
     """The JSON object on a line, or None after adding why it is not one to ``errors``."""
     try:
         obj = _json_loads(text)
@@ -336,8 +267,8 @@ class _Parsed:
     broken: set[str] = field(default_factory=set)
     claims: list[list[ResourceClaim] | None] = field(default_factory=list)
     expected: list[float | None] = field(default_factory=list)
-    agent_pin: dict[str, tuple[str, _Errors, int]] = field(default_factory=dict)
-    wave_pin: dict[str, tuple[int, _Errors, int]] = field(default_factory=dict)
+    agent_pin: dict[str, tuple[str, FileErrors, int]] = field(default_factory=dict)
+    wave_pin: dict[str, tuple[int, FileErrors, int]] = field(default_factory=dict)
     data: bytes = b""
 
 
@@ -345,7 +276,7 @@ def _parse_plan(
     path: Path,
     registry: ToolRegistry,
     defaults: TaskDefaults | None,
-    errors: _Errors,
+    errors: FileErrors,
     workdir: Path | None = None,
 ) -> _Parsed:
     """Check each line of a plan alone (see :func:`load_plan`). With a ``workdir``, also ask
@@ -448,7 +379,7 @@ def _broken_line(
     text: bytes,
     number: int,
     fill: dict[str, Any],
-    errors: _Errors,
+    errors: FileErrors,
     parsed: _Parsed,
     contract_of: Callable[[str, int], ToolContract | None],
     args_of: Callable[[ToolContract, dict[str, Any], int], BaseModel | None],
@@ -506,13 +437,13 @@ def load_plan(
     ``registry``) and its arguments. Dependencies, waves and agents are checked by
     :func:`build_plan`.
     """
-    errors = _Errors(path)
+    errors = FileErrors(path)
     with gc_paused():
         parsed = _parse_plan(Path(path), registry, defaults, errors)
     return parsed.tasks, parsed.lines, errors.sorted()
 
 
-def _parse_schedule(path: Path, errors: _Errors) -> tuple[list[tuple[int, ScheduleEntry]], bytes]:
+def _parse_schedule(path: Path, errors: FileErrors) -> tuple[list[tuple[int, ScheduleEntry]], bytes]:
     data = _read(path, "schedule", errors)
     if data is None:
         return [], b""
@@ -543,249 +474,12 @@ def load_schedule(path: Path) -> tuple[list[tuple[int, ScheduleEntry]], list[str
     Errors (``FILE:LINE: message``, sorted by line): unreadable file, bad JSON, a bad field,
     a task scheduled twice. Whether each task exists is checked by :func:`build_plan`.
     """
-    errors = _Errors(path)
+    errors = FileErrors(path)
     entries, _ = _parse_schedule(Path(path), errors)
     return entries, errors.sorted()
 
 
-# -- waves -----------------------------------------------------------------------------------
-
-
-def _layer(
-    tasks: list[PlanTask],
-    explicit: dict[str, tuple[int, _Errors, int]],
-    broken: set[str],
-    plan_errors: _Errors,
-    lines: dict[str, int],
-    violations: list[tuple[str, int, int, str]] | None = None,
-) -> list[int]:
-    """Wave of each task (see the module docstring); errors for bad dependencies and cycles.
-
-    ``lines`` maps the id of each of ``tasks`` to its line, in the same order.
-    ``explicit`` maps task id → (wave, file, line that set it). Returns the waves aligned
-    with ``tasks``; a task in or behind a cycle gets 0. An explicit wave not after a
-    dependency's is an error, or, when ``violations`` is given, recorded there as
-    ``(task id, explicit wave, dependency's wave, dependency id)`` for the caller to resolve.
-
-    Plan order is used as the topological order while every dependency comes before its
-    dependent (the usual case: one pass); the first forward reference switches to Kahn's
-    algorithm over the whole graph. Both are O(tasks + dependencies).
-    """
-    if not explicit:
-        fast = _layer_in_order(tasks)
-        if fast is not None:
-            return fast
-    n = len(tasks)
-    index = dict(zip(lines, range(n), strict=True))  # lines is in the order of tasks
-    pins = [explicit.get(tid) for tid in lines] if explicit else [None] * n
-    no_deps: list[int] = []  # shared by every task without dependencies; never appended to
-    deps: list[list[int]] = [no_deps] * n
-    wave = [0] * n
-    in_order = True  # so far every dependency came before its dependent
-    for i, t in enumerate(tasks):
-        named = t.depends_on
-        best = 0
-        if named:
-            mine: list[int] = []
-            deps[i] = mine
-            for dep in dict.fromkeys(named) if len(named) > 1 else named:
-                j = index.get(dep)
-                if j is None:
-                    if dep not in broken:
-                        plan_errors.add(
-                            lines[t.task_id], f"task {t.task_id!r} depends on unknown task {dep!r}"
-                        )
-                elif j == i:
-                    plan_errors.add(lines[t.task_id], f"task {t.task_id!r} depends on itself")
-                else:
-                    mine.append(j)
-                    if j > i:
-                        in_order = False
-                    elif wave[j] > best:
-                        best = wave[j]
-        if in_order:
-            pin = pins[i]
-            wave[i] = best + 1 if pin is None else pin[0]
-    if not in_order:
-        dependents: list[list[int]] = [[] for _ in range(n)]
-        for i, mine in enumerate(deps):
-            for j in mine:
-                dependents[j].append(i)
-        indegree = [len(d) for d in deps]
-        highest = [0] * n  # the highest wave among a task's settled dependencies
-        order = [i for i in range(n) if not indegree[i]]
-        for i in order:  # grows while we walk it: Kahn's queue
-            pin = pins[i]
-            w = wave[i] = highest[i] + 1 if pin is None else pin[0]
-            for k in dependents[i]:
-                if w > highest[k]:
-                    highest[k] = w
-                indegree[k] -= 1
-                if not indegree[k]:
-                    order.append(k)
-        if len(order) < n:
-            rest = [i for i in range(n) if indegree[i]]
-            for i in rest:
-                wave[i] = 0
-            for cycle in _cycles(rest, deps, set(rest)):
-                names = [tasks[i].task_id for i in cycle]
-                plan_errors.add(lines[names[0]], "dependency cycle: " + " -> ".join([*names, names[0]]))
-    for i, pin in enumerate(pins if explicit else ()):
-        if pin is None or not wave[i] or not deps[i]:  # not explicit, in a cycle, no deps
-            continue
-        best = max([wave[j] for j in deps[i]])
-        w, where, line = pin
-        if w <= best:
-            top = next(j for j in deps[i] if wave[j] == best)
-            if violations is not None:
-                violations.append((tasks[i].task_id, w, best, tasks[top].task_id))
-                continue
-            where.add(
-                line,
-                f"task {tasks[i].task_id!r}: explicit wave {w} is not after wave {best} of its "
-                f"dependency {tasks[top].task_id!r}",
-            )
-    return wave
-
-
-def _layer_in_order(tasks: list[PlanTask]) -> list[int] | None:
-    """The waves of :func:`_layer` for the usual plan: no explicit waves, and every dependency
-    on an earlier line. None at the first dependency that is not (a forward reference, an
-    unknown or broken task, the task itself): :func:`_layer` then does the whole work and
-    reports what is wrong.
-
-    One dict from task id to wave, nothing else: at 100k tasks the dependency lookups land
-    all over memory, and this path makes one per dependency (half the time of the general
-    path, which also builds an index and the dependency lists).
-    """
-    wave_of: dict[str, int] = {}
-    for t in tasks:
-        best = 0
-        for dep in t.depends_on:
-            w = wave_of.get(dep)
-            if w is None:
-                return None
-            if w > best:
-                best = w
-        wave_of[t.task_id] = best + 1
-    return list(wave_of.values())
-
-
-def _cycles(nodes: list[int], deps: list[list[int]], alive: set[int]) -> list[list[int]]:
-    """One cycle per strongly connected component (Tarjan, iterative) of the graph that
-    ``deps`` makes on ``alive``; each cycle starts at its component's first node (plan
-    order) and is a shortest one through it."""
-    index: dict[int, int] = {}
-    low: dict[int, int] = {}
-    stack: list[int] = []
-    on_stack: set[int] = set()
-    components: list[list[int]] = []
-    counter = 0
-    for root in nodes:
-        if root in index:
-            continue
-        index[root] = low[root] = counter
-        counter += 1
-        stack.append(root)
-        on_stack.add(root)
-        work = [(root, iter(deps[root]))]
-        while work:
-            v, it = work[-1]
-            for w in it:
-                if w not in alive:
-                    continue
-                if w not in index:
-                    index[w] = low[w] = counter
-                    counter += 1
-                    stack.append(w)
-                    on_stack.add(w)
-                    work.append((w, iter(deps[w])))
-                    break
-                if w in on_stack:
-                    low[v] = min(low[v], index[w])
-            else:
-                work.pop()
-                if work:
-                    u = work[-1][0]
-                    low[u] = min(low[u], low[v])
-                if low[v] == index[v]:
-                    comp = []
-                    while True:
-                        w = stack.pop()
-                        on_stack.discard(w)
-                        comp.append(w)
-                        if w == v:
-                            break
-                    if len(comp) > 1:
-                        components.append(comp)
-    cycles = []
-    for comp in components:
-        members = set(comp)
-        start = min(comp)
-        parent: dict[int, int] = {start: start}
-        frontier = [start]
-        end = -1
-        while frontier and end < 0:
-            nxt = []
-            for v in frontier:
-                for w in deps[v]:
-                    if w == start:
-                        end = v
-                        break
-                    if w in members and w not in parent:
-                        parent[w] = v
-                        nxt.append(w)
-                if end >= 0:
-                    break
-            frontier = nxt
-        path = [end]
-        while path[-1] != start:
-            path.append(parent[path[-1]])
-        cycles.append(path[::-1])
-    cycles.sort(key=lambda c: c[0])
-    return cycles
-
-
 # -- assignment ------------------------------------------------------------------------------
-
-
-class _LeastLoaded:
-    """The least loaded agent of a group, by ``load[i] / concurrency[i]`` then agent order.
-
-    One min-heap per group of eligible agents, built on first use; a load change pushes a
-    fresh entry into each heap holding the agent and stale entries are dropped when seen.
-    """
-
-    def __init__(self, agents: Sequence[AgentSpec]) -> None:
-        self.conc = [a.concurrency for a in agents]
-        self.load = [0.0] * len(agents)
-        self.version = [0] * len(agents)
-        self.heaps: dict[tuple[int, ...], list[tuple[float, int, int]]] = {}
-        self.member_of: list[list[list[tuple[float, int, int]]]] = [[] for _ in agents]
-
-    def key(self, i: int) -> float:
-        return self.load[i] / self.conc[i]
-
-    def add(self, i: int, amount: float) -> None:
-        self.load[i] += amount
-        self.version[i] += 1
-        entry = (self.key(i), i, self.version[i])
-        for heap in self.member_of[i]:
-            heapq.heappush(heap, entry)
-
-    def least(self, group: tuple[int, ...]) -> int:
-        heap = self.heaps.get(group)
-        if heap is None:
-            heap = [(self.key(i), i, self.version[i]) for i in group]
-            heapq.heapify(heap)
-            self.heaps[group] = heap
-            for i in group:
-                self.member_of[i].append(heap)
-        while True:
-            _, i, version = heap[0]
-            if version == self.version[i]:
-                return i
-            heapq.heappop(heap)
 
 
 def assign_wave(
@@ -810,7 +504,7 @@ def assign_wave(
     meet them.
     """
     tasks = sorted(tasks, key=lambda pt: pt.line)
-    order, chosen = _choose(
+    order, chosen = choose(
         [pt.task for pt in tasks],
         [pt.agent if pt.pinned else None for pt in tasks],
         [pt.expected_s for pt in tasks],
@@ -826,105 +520,6 @@ def assign_wave(
         agent = agents[chosen[k]].id
         out.append(PlannedTask(pt.task, pt.line, pt.wave, agent, pt.pinned, pt.claims, pt.expected_s))
     return out
-
-
-def _choose(
-    tasks: Sequence[PlanTask],
-    pins: Sequence[str | None],
-    expected: Sequence[float | None],
-    lines: Sequence[int],
-    agents: Sequence[AgentSpec],
-    strategy: Strategy,
-    weights: Mapping[str, float] | None,
-    source: str,
-) -> tuple[list[int], list[int]]:
-    """The work of :func:`assign_wave` on parallel lists (task, pinned agent or None,
-    expected seconds, line): returns the dispatch order (indexes into ``tasks``) and the
-    chosen agent's index for each task."""
-    position = {a.id: i for i, a in enumerate(agents)}
-    ids = ", ".join(position) or "(none)"
-    errors = _Errors(source)
-    groups: dict[str, tuple[int, ...]] = {}  # tool -> eligible agents, in agent order
-    chosen: list[int] = [-1] * len(tasks)
-    free: list[int] = []  # indexes of unpinned tasks, plan order
-    free_tools: list[str] = []  # their tools (read once: a pass over 100k tasks is memory-bound)
-    for k, t in enumerate(tasks):
-        pin = pins[k]
-        if pin is not None:
-            i = position.get(pin, -1)
-            if i < 0:
-                errors.add(
-                    lines[k],
-                    f"task {t.task_id!r} is pinned to agent {pin!r}, which is not among the agents: {ids}",
-                )
-            chosen[k] = i
-            continue
-        group = groups.get(t.tool)
-        if group is None:
-            group = groups[t.tool] = tuple(i for i, a in enumerate(agents) if a.offers(t.tool))
-        if not group:
-            errors.add(lines[k], f"task {t.task_id!r}: no agent offers tool {t.tool!r}; agents: {ids}")
-        free.append(k)
-        free_tools.append(t.tool)
-    if errors:
-        raise PlanError(cap_errors(errors.sorted()))
-
-    order: list[int]  # dispatch order
-    if strategy == Strategy.ROUND_ROBIN:
-        cursor, m = 0, len(agents)
-        # None: every agent offers the tool, so the cursor's agent takes the task
-        allowed_by_tool = {tool: None if len(g) == m else set(g) for tool, g in groups.items()}
-        for k, tool in zip(free, free_tools, strict=True):
-            allowed = allowed_by_tool[tool]
-            if allowed is None:
-                chosen[k] = cursor
-                cursor = cursor + 1 if cursor + 1 < m else 0
-                continue
-            for step in range(m):
-                i = (cursor + step) % m
-                if i in allowed:
-                    chosen[k], cursor = i, (i + 1) % m
-                    break
-        order = list(range(len(tasks)))
-    elif strategy in (Strategy.LOAD_BALANCED, Strategy.PRIORITY):
-        if strategy == Strategy.LOAD_BALANCED:
-            units = [1.0 if e is None else max(e, 0.0) for e in expected]
-            order = sorted(range(len(tasks)), key=lambda k: -units[k])
-        else:
-            units = [1.0] * len(tasks)
-            order = sorted(range(len(tasks)), key=lambda k: -tasks[k].priority)
-        loads = _LeastLoaded(agents)
-        for k, pin in enumerate(pins):
-            if pin is not None:
-                loads.add(chosen[k], units[k])
-        for k in order:
-            if chosen[k] < 0:
-                i = loads.least(groups[tasks[k].tool])
-                chosen[k] = i
-                loads.add(i, units[k])
-    elif strategy == Strategy.CONFIDENCE:
-        w = weights or {}
-        rank = sorted(range(len(agents)), key=lambda i: -w.get(agents[i].id, 1.0))
-        by_weight = {}
-        for tool, g in groups.items():
-            members = set(g)
-            by_weight[tool] = [i for i in rank if i in members]
-        loads = _LeastLoaded(agents)
-        for k, pin in enumerate(pins):
-            if pin is not None:
-                loads.add(chosen[k], 1.0)
-        for k in sorted(free, key=lambda k: tasks[k].confidence):
-            tool = tasks[k].tool
-            least = loads.key(loads.least(groups[tool]))
-            for i in by_weight[tool]:
-                if (loads.load[i] - 1) / loads.conc[i] <= least:
-                    chosen[k] = i
-                    loads.add(i, 1.0)
-                    break
-        order = list(range(len(tasks)))
-    else:  # pragma: no cover - Strategy is closed
-        raise ValueError(f"unknown strategy {strategy!r}")
-    return order, chosen
 
 
 # -- the whole plan --------------------------------------------------------------------------
@@ -984,9 +579,9 @@ def _build(
     weights: dict[str, float],
     unpin_violations: bool = False,
 ) -> CampaignPlan:
-    plan_errors = _Errors(plan_path)
+    plan_errors = FileErrors(plan_path)
     parsed = _parse_plan(plan_path, registry, defaults, plan_errors, workdir)
-    sched_errors = _Errors(schedule_path if schedule_path is not None else "schedule")
+    sched_errors = FileErrors(schedule_path if schedule_path is not None else "schedule")
     entries: list[tuple[int, ScheduleEntry]] = []
     sched_data = b""
     if schedule_path is not None:
@@ -1008,11 +603,11 @@ def _build(
 
     _check_agents(parsed.tasks, lines, agents, agent_pin, set(registry.names()), plan_errors)
     found: list[tuple[str, int, int, str]] | None = [] if unpin_violations else None
-    waves = _layer(parsed.tasks, wave_pin, parsed.broken, plan_errors, lines, found)
+    waves = layer_waves(parsed.tasks, wave_pin, parsed.broken, plan_errors, lines, found)
     if found:  # ``serialize``: such a task loses its pin and goes after its dependencies
         for tid, *_ in found:
             wave_pin.pop(tid, None)
-        waves = _layer(parsed.tasks, wave_pin, parsed.broken, _Errors(plan_path), lines)
+        waves = layer_waves(parsed.tasks, wave_pin, parsed.broken, FileErrors(plan_path), lines)
     if plan_errors or sched_errors:
         raise PlanError(cap_errors(plan_errors.sorted() + sched_errors.sorted()))
 
@@ -1037,7 +632,7 @@ def _build(
         where, pins, expected_s = by_wave[number]
         wave_tasks = [tasks[i] for i in where]
         line_of = [line_list[i] for i in where]
-        order, chosen = _choose(wave_tasks, pins, expected_s, line_of, agents, strategy, weights, source)
+        order, chosen = choose(wave_tasks, pins, expected_s, line_of, agents, strategy, weights, source)
         out = assigned[number] = []
         for k in order:
             t = wave_tasks[k]
@@ -1069,9 +664,9 @@ def _check_agents(
     tasks: list[PlanTask],
     lines: dict[str, int],
     agents: list[AgentSpec],
-    agent_pin: dict[str, tuple[str, _Errors, int]],
+    agent_pin: dict[str, tuple[str, FileErrors, int]],
     known_tools: set[str],
-    plan_errors: _Errors,
+    plan_errors: FileErrors,
 ) -> None:
     """Errors for pins to missing agents or agents without the task's tool, and for tools
     of unpinned tasks that no agent offers (one error per tool, at its first task)."""
