@@ -466,15 +466,13 @@ class Coordinator:
         self.store.start_wave(self.cid, n, dispatched=sent)
         if pre:
             self.store.record_outcomes(pre)
-        if sent:
-            sending = self._dispatch(n, to_send, gates)
-            self._write_assignments(n, tasks, gates)  # while the workers start
+        sending = self._dispatch(n, to_send, gates) if sent else None
+        self._write_assignments(n, tasks, gates)  # while the workers start
+        if sending is not None:
             self._flush_transitions(workers=False)  # likewise: this wave's moves so far are ours
             missing = self._wait(n, sending, bar, progress)
             if missing:
                 self._close_lost(n, missing, gates, bar, progress)
-        else:
-            self._write_assignments(n, tasks, gates)
         self._reuse_outcomes(tasks)
         # parsed once here, written as stored; what the wave's close read is not read again
         have = self.dispatch.raw if self.dispatch is not None else {}

@@ -64,6 +64,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from buddy.dispatch import MAX_BATCH
 from buddy.models import AgentSpec, ScheduleAdjustment, Strategy, utcnow
 from buddy.monitor import AgentWaveMetrics, WaveMetrics
 from buddy.plan import PlannedTask
@@ -219,7 +220,7 @@ class TunerConfig(BaseModel):
     max_timeout_s: float = Field(default=3600.0, gt=0)
     timeout_hysteresis: float = Field(default=0.20, ge=0)
     target_message_s: float = Field(default=0.25, gt=0)
-    max_batch: int = Field(default=64, ge=1)
+    max_batch: int = Field(default=MAX_BATCH, ge=1)
     min_confidence_weight: float = Field(default=0.10, ge=0, le=1)
 
 

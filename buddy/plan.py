@@ -490,7 +490,7 @@ def assign_wave(
     weights: Mapping[str, float] | None = None,
     source: str = "plan",
 ) -> list[PlannedTask]:
-    """Assign the tasks of one wave to ``agents`` by ``strategy`` (module docstring).
+    """Assign the tasks of one wave to ``agents`` by ``strategy`` (the rules: :mod:`buddy.assignment`).
 
     ``tasks`` are the wave's tasks, in any order (plan order is taken from their ``line``);
     a pinned one keeps its ``agent``, the ``agent`` of the others is ignored. ``weights``
@@ -537,7 +537,8 @@ def build_plan(
     agent_weights: dict[str, float] | None = None,
     unpin_violations: bool = False,
 ) -> CampaignPlan:
-    """Load, validate, lay out in waves and assign a plan (module docstring for the rules).
+    """Load, validate, lay out in waves and assign a plan (the rules: :mod:`buddy.layering`,
+    :mod:`buddy.assignment`).
 
     ``unpin_violations`` (the ``serialize`` resolution of ``dependency_violation``
     conflicts): a task whose explicit wave is not after a dependency's loses the pin and
@@ -647,9 +648,11 @@ def _build(
             )
             out.append(pt)
             placed[where[k]] = pt
+    digest = hashlib.sha256(parsed.data)  # then the schedule's bytes, without joining the two
+    digest.update(sched_data)
     return CampaignPlan(
         path=plan_path,
-        digest=hashlib.sha256(parsed.data + sched_data).hexdigest(),
+        digest=digest.hexdigest(),
         tasks=dict(zip(lines, cast("list[PlannedTask]", placed), strict=True)),
         waves=assigned,
         agents=list(agents),

@@ -117,11 +117,6 @@ def throughput_chart(wave_metrics: Sequence[WaveMetrics]) -> str | None:
     return _png(fig)
 
 
-def latency_chart(outcomes: Sequence[Outcome]) -> str | None:
-    """Histogram of executed tasks' duration (ms), log-scaled bins when the range is wide."""
-    return LatencyChart.of(outcomes).uri
-
-
 @dataclass(frozen=True)
 class LatencyChart:
     """The latency chart drawn ahead of the report, with the durations (ms) it shows.
@@ -145,6 +140,7 @@ def _durations(outcomes: Sequence[Outcome]) -> tuple[float, ...]:
 
 
 def _latency_uri(durations: Sequence[float]) -> str | None:
+    """Histogram of executed tasks' duration (ms), log-scaled bins when the range is wide."""
     if not durations:
         return None
     fig = _figure(right=0.84)
