@@ -434,15 +434,24 @@ def test_shell_uses_cwd(tmp_path: Path, ctx: ToolContext, allow: Any) -> None:
     assert Path(out["stdout"].strip()).resolve() == (tmp_path / "sub").resolve()
 
 
-def test_shell_allow_list_matching() -> None:
+def test_shell_allow_list_matching(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from buddy.tools.builtin.shell import is_allowed
 
+    for d in ("bin", "x"):
+        (tmp_path / d).mkdir()
+        for name in ("python3", "python"):
+            (tmp_path / d / name).write_text("#!/bin/sh\n")
+            (tmp_path / d / name).chmod(0o755)
+    allowed, other = str(tmp_path / "bin" / "python3"), str(tmp_path / "x" / "python3")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     assert is_allowed("python3", ["python3"])
-    assert is_allowed("python3", ["/usr/bin/python3"])  # a bare name for an allowed absolute path
-    assert is_allowed("/usr/bin/python3", ["/usr/bin/python3"])
-    assert not is_allowed("/tmp/x/python3", ["python3"])  # a path never passes for a bare name
-    assert not is_allowed("/tmp/x/python3", ["/usr/bin/python3"])
+    assert is_allowed("python3", [allowed])  # a bare name that PATH resolves to the allowed file
+    assert is_allowed(allowed, [allowed])
+    assert not is_allowed(other, ["python3"])  # same basename, another file
+    assert not is_allowed(other, [allowed])
     assert not is_allowed("python", ["python3"])
+    monkeypatch.setenv("PATH", str(tmp_path / "x"))
+    assert not is_allowed("python3", [allowed])  # the basename matches, the file does not
 
 
 def test_shell_denies_unlisted_program(tmp_path: Path, ctx: ToolContext, allow: Any) -> None:

@@ -3,7 +3,28 @@
 Relative paths resolve against the campaign's workdir (:meth:`ToolContext.path`); each tool
 claims its file (``file:<absolute path>``: read for ``file.sha256``, write for the others).
 Text is UTF-8. ``file.write`` is atomic (a temporary file in the same directory, then
-``os.replace``) and reversible: its rollback puts the old bytes back or removes a file it created.
+``os.replace``) and reversible: its rollback puts the old bytes back or removes a file it created,
+only while the file still holds what the write wrote (else ``ChangedSinceWrite``: a newer
+writer's bytes are never undone). Every commit is fenced: the lease is checked right before it
+(``ctx.check_lease``) and confirmed right after (``ctx.confirm_lease``: a lease lost in between
+ends the task ``needs_review``), rollbacks included.
+
+Every tool applies the filesystem policy of :mod:`buddy.tools.builtin.fspolicy`, in ``execute``
+and in ``dry_run``:
+
+- regular files only: a FIFO, socket or device node is refused with ``error_type``
+  ``NotARegularFile`` (outcome ``failed``), a directory with ``IsADirectoryError``; files are
+  opened with ``O_NOFOLLOW | O_NONBLOCK`` and checked with ``fstat``, so ``file.sha256`` of
+  ``/dev/zero`` or of a FIFO fails at once, and ``file.write`` never replaces ``/dev/null``;
+- with ``BUDDY_FILE_ROOT`` set, a path outside the root (``~``, an absolute path elsewhere,
+  ``..`` climbing out, a symlink leading out: checked with ``os.path.realpath`` on the worker)
+  is refused with ``error_type`` ``OutsideRoot`` (:class:`~buddy.errors.ToolDeniedError`:
+  outcome ``denied``, nothing touched). The plan loader already refuses the lexical cases
+  (claims functions raise, so ``buddy validate`` prints ``plan.jsonl:LINE: args.path: ...``)
+  when the coordinator has ``BUDDY_FILE_ROOT`` set too.
+
+A ``dry_run`` whose path the policy refuses returns ``{"path": ..., "refused": <message>,
+"error_type": <type>}`` and looks at nothing else.
 """
 
 from __future__ import annotations
@@ -24,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from buddy.errors import ToolError
 from buddy.models import ResourceClaim, Risk
 from buddy.tools import ToolContext, file_claim, tool
+from buddy.tools.builtin import fspolicy
 from buddy.tools.builtin.basic import DEFAULT_RETRY, NO_RETRY
 
 _CHUNK = 1024 * 1024
@@ -43,6 +65,30 @@ def _os_error(e: OSError, what: str, path: Path) -> ToolError:
     return ToolError(f"cannot {what} {path}: {reason}", error_type=type(e).__name__)
 
 
+def _checked(args: PathArgs, ctx: ToolContext, what: str, *, follow_last: bool = True) -> Path:
+    """The real path ``args.path`` names, after the filesystem policy (:func:`fspolicy.check_path`).
+
+    Raises :class:`~buddy.tools.builtin.fspolicy.OutsideRootError` (``OutsideRoot``, denied) or
+    :class:`~buddy.tools.builtin.fspolicy.NotARegularFileError` / ``IsADirectoryError`` (failed).
+    """
+    return fspolicy.check_path(args.path, ctx.workdir, fspolicy.file_root(), what, follow_last=follow_last)
+
+
+def _refusal(
+    args: PathArgs, ctx: ToolContext, what: str, *, follow_last: bool = True
+) -> dict[str, Any] | None:
+    """For a ``dry_run``: the policy's refusal of ``args.path`` (``OutsideRoot`` or
+    ``NotARegularFile``) as ``path``, ``refused`` (the message) and ``error_type``; None when the
+    policy has nothing against it (a directory or a missing file is left to the preview)."""
+    try:
+        _checked(args, ctx, what, follow_last=follow_last)
+    except (fspolicy.OutsideRootError, fspolicy.NotARegularFileError) as e:
+        return {"path": str(ctx.path(args.path)), "refused": str(e), "error_type": e.error_type}
+    except ToolError:
+        pass  # a directory: the preview itself says so
+    return None
+
+
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -60,8 +106,10 @@ def _atomic_write(target: Path, data: bytes, mode: int | None, ctx: ToolContext 
     """Write ``data`` to ``target`` through a temporary file in its directory and ``os.replace``.
 
     ``mode`` (permission bits) is applied to the new file when given. With ``ctx``, the lease
-    is checked (``ctx.check_lease``) right before the ``os.replace`` that commits the effect.
-    Raises ``OSError``, or :class:`~buddy.leases.LeaseLostError` (nothing replaced).
+    is checked (``ctx.check_lease``) right before the ``os.replace`` that commits the effect,
+    and so is ``target``: something other than a regular file there is never replaced.
+    Raises ``OSError``, :class:`~buddy.leases.LeaseLostError` or
+    :class:`~buddy.tools.builtin.fspolicy.NotARegularFileError` (nothing replaced).
     """
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=_TMP_SUFFIX)
     try:
@@ -73,12 +121,27 @@ def _atomic_write(target: Path, data: bytes, mode: int | None, ctx: ToolContext 
             os.chmod(tmp, mode)
         if ctx is not None:
             ctx.check_lease()
+        fspolicy.ensure_replaceable(target, "write")
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     _fsync_dir(target.parent)
+    if ctx is not None:
+        ctx.confirm_lease()  # a pause between the check and the rename: needs_review, not success
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _current(target: Path) -> bytes | None:
+    """The file's bytes now (None when it does not exist)."""
+    try:
+        return target.read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def _check_target(target: Path) -> None:
@@ -118,16 +181,32 @@ def _sha256_mock(args: PathArgs) -> Sha256Result:
 
 
 def _sha256_dry_run(args: PathArgs, ctx: ToolContext) -> dict[str, Any]:
+    refused = _refusal(args, ctx, "read")
+    if refused is not None:
+        return refused
     target = ctx.path(args.path)
     return {"path": str(target), "exists": target.is_file()}
 
 
+def _claim(args: PathArgs, workdir: Path, mode: str) -> list[ResourceClaim]:
+    """The file claim; with ``BUDDY_FILE_ROOT`` set, first the lexical policy check (no
+    filesystem call): raises :class:`~buddy.tools.builtin.fspolicy.OutsideRootError` whose
+    message starts with ``args.path:``, which the plan loader reports on the plan line."""
+    root = fspolicy.file_root()
+    if root is not None:
+        try:
+            fspolicy.check_lexical(args.path, workdir, root)
+        except fspolicy.OutsideRootError as e:
+            raise fspolicy.OutsideRootError(f"args.path: {e}") from None
+    return [file_claim(resolve(args.path, workdir), mode)]
+
+
 def _read_claim(args: PathArgs, workdir: Path) -> list[ResourceClaim]:
-    return [file_claim(resolve(args.path, workdir), "read")]
+    return _claim(args, workdir, "read")
 
 
 def _write_claim(args: PathArgs, workdir: Path) -> list[ResourceClaim]:
-    return [file_claim(resolve(args.path, workdir), "write")]
+    return _claim(args, workdir, "write")
 
 
 @tool(
@@ -144,16 +223,19 @@ def _write_claim(args: PathArgs, workdir: Path) -> list[ResourceClaim]:
     dry_run=_sha256_dry_run,
 )
 def file_sha256(args: PathArgs, ctx: ToolContext) -> Sha256Result:
-    """Hash the file at ``args.path``.
+    """Hash the regular file at ``args.path`` (symlinks followed).
 
-    Raises :class:`ToolError` when it cannot be read (``error_type`` the ``OSError`` class name,
-    e.g. ``FileNotFoundError``, ``IsADirectoryError``).
+    Raises :class:`~buddy.errors.ToolDeniedError` ``OutsideRoot`` for a path outside
+    ``BUDDY_FILE_ROOT``; :class:`ToolError` ``NotARegularFile`` for a FIFO, socket or device,
+    ``IsADirectoryError`` for a directory, or the ``OSError`` class name (e.g.
+    ``FileNotFoundError``) when it cannot be read.
     """
-    target = ctx.path(args.path)
+    target = _checked(args, ctx, "read")
     digest = hashlib.sha256()
     size = 0
     try:
-        with target.open("rb") as f:
+        fd = fspolicy.open_regular(target, os.O_RDONLY, "read")
+        with os.fdopen(fd, "rb") as f:
             while chunk := f.read(_CHUNK):
                 digest.update(chunk)
                 size += len(chunk)
@@ -184,15 +266,18 @@ def _write_mock(args: WriteArgs) -> WriteResult:
 
 
 def _write_dry_run(args: WriteArgs, ctx: ToolContext) -> dict[str, Any]:
+    refused = _refusal(args, ctx, "write")
+    if refused is not None:
+        return refused
     target = ctx.path(args.path)
     exists = target.is_file()
     old = ""
     read_error: str | None = None
     if exists:
         try:
-            old = target.read_bytes().decode("utf-8", errors="replace")
-        except OSError as e:
-            read_error = e.strerror or str(e)
+            old = _read_regular(_checked(args, ctx, "write")).decode("utf-8", errors="replace")
+        except (OSError, ToolError) as e:
+            read_error = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
     diff = "".join(
         difflib.unified_diff(
             old.splitlines(keepends=True),
@@ -214,23 +299,51 @@ def _write_dry_run(args: WriteArgs, ctx: ToolContext) -> dict[str, Any]:
     }
 
 
+def _read_regular(target: Path) -> bytes:
+    """The bytes of the regular file ``target`` (:func:`fspolicy.open_regular`); raises ``OSError``
+    or :class:`~buddy.tools.builtin.fspolicy.NotARegularFileError`."""
+    with os.fdopen(fspolicy.open_regular(target, os.O_RDONLY, "read"), "rb") as f:
+        return f.read()
+
+
 def _write_rollback(args: WriteArgs, undo: dict[str, Any], ctx: ToolContext) -> None:
     """Undo a ``file.write``: restore the old bytes (and permissions), or remove a created file.
 
     An empty ``undo`` means the write never started: nothing to do. Temporary files a write
-    that died half-way left next to the file are removed. Raises :class:`ToolError`
-    when the file cannot be restored or removed.
+    that died half-way left next to the file are removed. Something other than a regular file
+    at the path (a device node, a FIFO) is neither replaced nor removed. Raises
+    :class:`ToolError` when the file cannot be restored or removed.
     """
     if not undo:
         return
     target = Path(undo["path"]) if undo.get("path") else ctx.path(args.path)
     try:
-        if undo.get("existed"):
-            old = base64.b64decode(undo["content_b64"])
-            _atomic_write(target, old, undo.get("mode"))
+        try:
+            fspolicy.ensure_replaceable(target, "roll back")
+        except fspolicy.NotARegularFileError:
+            return  # not the file this write made (a FIFO, a device): leave it, never read it
+        now = _current(target)
+        old = base64.b64decode(undo["content_b64"]) if undo.get("existed") else None
+        if now == old:
+            pass  # the write never landed: nothing to undo
+        elif undo.get("written_sha256") and (now is None or _digest(now) != undo["written_sha256"]):
+            raise ToolError(
+                f"cannot roll back {target}: it changed since this task wrote it (another writer); "
+                "left as it is",
+                error_type="ChangedSinceWrite",
+            )
+        elif old is not None:
+            _atomic_write(target, old, undo.get("mode"), ctx)  # fenced like the write itself
         else:
-            target.unlink(missing_ok=True)
-            _fsync_dir(target.parent)
+            try:
+                fspolicy.ensure_replaceable(target, "roll back")
+            except fspolicy.NotARegularFileError:
+                pass  # not the file this write created: leave it
+            else:
+                ctx.check_lease()
+                target.unlink(missing_ok=True)
+                _fsync_dir(target.parent)
+                ctx.confirm_lease()
     except OSError as e:
         raise _os_error(e, "roll back", target) from None
     # A worker that died mid-write leaves its temporary file; the write claim means it is ours.
@@ -255,28 +368,32 @@ def _write_rollback(args: WriteArgs, undo: dict[str, Any], ctx: ToolContext) -> 
     dry_run=_write_dry_run,
 )
 def file_write(args: WriteArgs, ctx: ToolContext) -> WriteResult:
-    """Replace the file at ``args.path`` with ``args.content``, creating it if needed.
+    """Replace the regular file at ``args.path`` with ``args.content``, creating it if needed.
 
-    A symlink is followed: its target file is replaced (the claim names the target too).
-    Before writing it records, through ``ctx.record_undo``, the absolute path, whether the file
-    existed, its old bytes (base64) and permission bits. Raises :class:`ToolError` when the
-    parent directory is missing (``ParentNotFound``), the path is a directory, or an
-    ``OSError`` stops the read or write (``error_type`` its class name).
+    A symlink is followed: its target file is replaced (the claim names the target too); with
+    ``BUDDY_FILE_ROOT`` set, a target outside the root is refused. Before writing it records,
+    through ``ctx.record_undo``, the absolute path, whether the file existed, its old bytes
+    (base64) and permission bits. Raises :class:`~buddy.errors.ToolDeniedError` ``OutsideRoot``
+    for a path outside the root; :class:`ToolError` when the parent directory is missing
+    (``ParentNotFound``), the path is a directory (``IsADirectoryError``) or a FIFO, socket or
+    device (``NotARegularFile``: never replaced), or an ``OSError`` stops the read or write
+    (``error_type`` its class name).
     """
-    target = Path(os.path.realpath(ctx.path(args.path)))
+    target = _checked(args, ctx, "write")
     _check_target(target)
     data = args.content.encode("utf-8")
     existed, old, mode = False, b"", None
     try:
-        st = target.stat()
+        fd = fspolicy.open_regular(target, os.O_RDONLY, "write")
     except FileNotFoundError:
         pass
     except OSError as e:
-        raise _os_error(e, "stat", target) from None
+        raise _os_error(e, "read", target) from None
     else:
-        existed, mode = True, stat.S_IMODE(st.st_mode)
         try:
-            old = target.read_bytes()
+            with os.fdopen(fd, "rb") as f:
+                existed, mode = True, stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+                old = f.read()
         except OSError as e:
             raise _os_error(e, "read", target) from None
     ctx.record_undo(
@@ -285,6 +402,7 @@ def file_write(args: WriteArgs, ctx: ToolContext) -> WriteResult:
             "existed": existed,
             "content_b64": base64.b64encode(old).decode("ascii") if existed else None,
             "mode": mode,
+            "written_sha256": _digest(data),
         }
     )
     try:
@@ -322,6 +440,9 @@ def _append_mock(args: AppendArgs) -> AppendResult:
 
 
 def _append_dry_run(args: AppendArgs, ctx: ToolContext) -> dict[str, Any]:
+    refused = _refusal(args, ctx, "append to")
+    if refused is not None:
+        return refused
     target = ctx.path(args.path)
     exists = target.is_file()
     size = target.stat().st_size if exists else 0
@@ -350,17 +471,20 @@ def _append_dry_run(args: AppendArgs, ctx: ToolContext) -> dict[str, Any]:
     dry_run=_append_dry_run,
 )
 def file_append(args: AppendArgs, ctx: ToolContext) -> AppendResult:
-    """Append ``args.line`` and ``\\n`` to the file (``O_APPEND``, then ``fsync``).
+    """Append ``args.line`` and ``\\n`` to the regular file (``O_APPEND``, then ``fsync``).
 
-    The file is created (mode 0644 before umask) when missing. Raises :class:`ToolError` when
-    the parent directory is missing (``ParentNotFound``) or an ``OSError`` stops the write.
+    The file is created (mode 0644 before umask) when missing; a symlink is followed. Raises
+    :class:`~buddy.errors.ToolDeniedError` ``OutsideRoot`` for a path outside
+    ``BUDDY_FILE_ROOT``; :class:`ToolError` when the parent directory is missing
+    (``ParentNotFound``), the path is a directory (``IsADirectoryError``) or a FIFO, socket or
+    device (``NotARegularFile``), or an ``OSError`` stops the write.
     """
-    target = ctx.path(args.path)
+    target = _checked(args, ctx, "append to")
     _check_target(target)
     data = (args.line + "\n").encode("utf-8")
     ctx.check_lease()
     try:
-        fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = fspolicy.open_regular(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "append to", 0o644)
     except OSError as e:
         raise _os_error(e, "open", target) from None
     try:
@@ -374,6 +498,7 @@ def file_append(args: AppendArgs, ctx: ToolContext) -> AppendResult:
         raise _os_error(e, "append to", target) from None
     finally:
         os.close(fd)
+    ctx.confirm_lease()
     return AppendResult(bytes=size)
 
 
@@ -392,6 +517,9 @@ def _delete_mock(args: PathArgs) -> DeleteResult:
 
 
 def _delete_dry_run(args: PathArgs, ctx: ToolContext) -> dict[str, Any]:
+    refused = _refusal(args, ctx, "delete", follow_last=False)
+    if refused is not None:
+        return refused
     target = ctx.path(args.path)
     exists = os.path.lexists(target)
     is_dir = target.is_dir() and not target.is_symlink()
@@ -419,14 +547,15 @@ def _delete_dry_run(args: PathArgs, ctx: ToolContext) -> dict[str, Any]:
     dry_run=_delete_dry_run,
 )
 def file_delete(args: PathArgs, ctx: ToolContext) -> DeleteResult:
-    """Remove the file at ``args.path`` (a symlink itself, not its target).
+    """Remove the regular file at ``args.path``, or a symlink itself (not its target).
 
-    Raises :class:`ToolError` for a directory (``IsADirectoryError``) or when an ``OSError``
-    stops the removal.
+    With ``BUDDY_FILE_ROOT`` set, the symlink's directory must resolve inside the root (where
+    the link leads does not matter: only the link goes). Raises
+    :class:`~buddy.errors.ToolDeniedError` ``OutsideRoot`` for a path outside the root;
+    :class:`ToolError` for a directory (``IsADirectoryError``), a FIFO, socket or device
+    (``NotARegularFile``: never removed) or when an ``OSError`` stops the removal.
     """
-    target = ctx.path(args.path)
-    if target.is_dir() and not target.is_symlink():
-        raise ToolError(f"cannot delete {target}: it is a directory", error_type="IsADirectoryError")
+    target = _checked(args, ctx, "delete", follow_last=False)
     ctx.check_lease()
     try:
         target.unlink()
@@ -435,4 +564,5 @@ def file_delete(args: PathArgs, ctx: ToolContext) -> DeleteResult:
     except OSError as e:
         raise _os_error(e, "delete", target) from None
     _fsync_dir(target.parent)
+    ctx.confirm_lease()
     return DeleteResult(deleted=True)

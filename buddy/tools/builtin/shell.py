@@ -1,16 +1,30 @@
 """The ``shell`` built-in: run one allow-listed program, without a shell.
 
-Only programs named in ``BUDDY_SHELL_ALLOW`` (:attr:`buddy.config.Settings.shell_allow`) run:
-``argv[0]`` is allowed when it is on the list as written, or when it is a bare name (no ``/``,
-found on ``PATH``) whose entry on the list is an absolute path with that basename; a path such
-as ``/tmp/x/python3`` never passes for an allowed ``python3``. The program runs in its own
-process group (``start_new_session``) so a timeout kills it and everything it started.
+Only programs named in ``BUDDY_SHELL_ALLOW`` (:attr:`buddy.config.Settings.shell_allow`) run.
+The decision compares real files, not names (:func:`allowed_program`):
+
+- ``argv[0]`` is located: a bare name (no ``/``) through the worker's ``PATH``
+  (``shutil.which``; only an absolute hit counts), a path with a ``/`` as written (a relative
+  one against the call's ``cwd``); then resolved with ``os.path.realpath``;
+- each list entry is resolved the same way: a bare name through ``PATH``, an absolute path as
+  written, then ``os.path.realpath`` (a relative entry with a ``/`` never matches);
+- ``argv[0]`` is allowed when its real path equals an entry's real path. So ``./python3`` or
+  ``/tmp/x/python3`` never passes for an allowed ``python3`` unless it *is* that file (a
+  symlink to it), and a venv's ``bin/python`` symlink matches the interpreter it points to.
+
+A program that is not allowed raises :class:`~buddy.errors.ToolDeniedError` (outcome
+``denied``, nothing runs). The allowed program is run by its resolved real path (Popen's
+``executable``), with ``argv[0]`` set to the absolute path it was located at (so a venv's
+``python`` still finds its venv), so a ``PATH`` or symlink change between the check and the
+exec cannot swap the program. It runs in its own process group (``start_new_session``) so a
+timeout kills it and everything it started.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -56,12 +70,57 @@ class ShellResult(BaseModel):
     stderr: str
 
 
-def is_allowed(program: str, allow: list[str]) -> bool:
-    """True when ``program`` is in ``allow`` as written, or is a bare name that an allowed
-    absolute path ends in (``python3`` passes for an allowed ``/usr/bin/python3``)."""
-    if program in allow:
-        return True
-    return "/" not in program and any(os.path.basename(a) == program for a in allow if "/" in a)
+def locate(program: str, cwd: Path | str | None = None) -> str | None:
+    """The absolute path ``program`` names, symlinks not resolved; None when it cannot be found.
+
+    A bare name is looked up on ``PATH`` (``shutil.which``; a relative hit from an empty or
+    ``.`` entry does not count); a path with a ``/`` is made absolute against ``cwd`` (default:
+    the process's current directory) whether or not it exists.
+    """
+    if "/" not in program:
+        found = shutil.which(program)
+        return found if found is not None and os.path.isabs(found) else None
+    return os.path.abspath(os.path.join(cwd if cwd is not None else os.getcwd(), program))
+
+
+def _real_entries(allow: list[str]) -> set[str]:
+    """The real paths of the allow-list entries that can be resolved (bare names via ``PATH``,
+    absolute paths as written; relative paths with a ``/`` are skipped)."""
+    out: set[str] = set()
+    for entry in allow:
+        if not entry or ("/" in entry and not os.path.isabs(entry)):
+            continue
+        found = locate(entry)
+        if found is not None:
+            out.add(os.path.realpath(found))
+    return out
+
+
+def resolve_program(
+    program: str, allow: list[str], cwd: Path | str | None = None
+) -> tuple[str | None, str | None]:
+    """``(located, executable)``: where ``program`` was found (:func:`locate`, relative paths
+    against ``cwd``; None when not found) and, when it is allowed, its real path (else None).
+
+    It is allowed when ``os.path.realpath`` of the located path equals the real path of an
+    ``allow`` entry.
+    """
+    found = locate(program, cwd)
+    if found is None:
+        return None, None
+    real = os.path.realpath(found)
+    return found, (real if real in _real_entries(allow) else None)
+
+
+def allowed_program(program: str, allow: list[str], cwd: Path | str | None = None) -> str | None:
+    """The real path to execute for ``program`` when it is allowed, else None (:func:`resolve_program`)."""
+    return resolve_program(program, allow, cwd)[1]
+
+
+def is_allowed(program: str, allow: list[str], cwd: Path | str | None = None) -> bool:
+    """True when ``program`` resolves to the same real file as an entry of ``allow``
+    (:func:`allowed_program`)."""
+    return allowed_program(program, allow, cwd) is not None
 
 
 def _cwd(args: ShellArgs, ctx: ToolContext) -> Path:
@@ -74,13 +133,17 @@ def _mock(args: ShellArgs) -> ShellResult:
 
 
 def _dry_run(args: ShellArgs, ctx: ToolContext) -> dict[str, Any]:
+    """The command, ``allowed`` (the same check as the live call) and ``program``: the real
+    path that would be executed (None when the program is not allowed)."""
     cwd = _cwd(args, ctx)
+    executable = allowed_program(args.argv[0], get_settings().shell_allow, cwd)
     return {
         "command": shlex.join(args.argv),
         "argv": list(args.argv),
         "cwd": str(cwd),
         "cwd_exists": cwd.is_dir(),
-        "allowed": is_allowed(args.argv[0], get_settings().shell_allow),
+        "allowed": executable is not None,
+        "program": executable,
         "timeout_s": args.timeout_s,
     }
 
@@ -109,6 +172,7 @@ def shell(args: ShellArgs, ctx: ToolContext) -> ShellResult:
     """Run ``args.argv`` in ``args.cwd`` with stdin closed, capturing stdout and stderr.
 
     The time limit is ``args.timeout_s`` or what is left of ``ctx.deadline``, whichever is sooner.
+    The program run is the real file the allow-list check approved (:func:`allowed_program`).
     Raises :class:`ToolDeniedError` when ``argv[0]`` is not allow-listed (nothing runs),
     :class:`ToolTimeoutError` when the limit passes (the process group is killed), and
     :class:`ToolError` for a missing ``cwd`` (``CwdNotFound``), a program that cannot start
@@ -117,18 +181,23 @@ def shell(args: ShellArgs, ctx: ToolContext) -> ShellResult:
     """
     program = args.argv[0]
     allow = get_settings().shell_allow
-    if not is_allowed(program, allow):
-        raise ToolDeniedError(
-            f"shell: program {program!r} is not allowed; BUDDY_SHELL_ALLOW lists "
-            f"{', '.join(allow) if allow else 'nothing'}"
-        )
     cwd = _cwd(args, ctx)
+    located, executable = resolve_program(program, allow, cwd)
+    if executable is None or located is None:
+        if located is None and program in allow:
+            raise ToolError(f"shell: program {program!r} not found on PATH", error_type="CommandNotFound")
+        where = f" (resolves to {os.path.realpath(located)})" if located is not None else ""
+        raise ToolDeniedError(
+            f"shell: program {program!r}{where} is not allowed; BUDDY_SHELL_ALLOW lists "
+            f"{', '.join(allow) if allow else 'nothing'} (compared by real path)"
+        )
     if not cwd.is_dir():
         raise ToolError(f"shell: working directory {cwd} does not exist", error_type="CwdNotFound")
     limit, deadline_binds = time_budget(ctx, args.timeout_s)
     try:
         proc = subprocess.Popen(
-            args.argv,
+            [located, *args.argv[1:]],
+            executable=executable,
             cwd=cwd,
             shell=False,
             stdin=subprocess.DEVNULL,
