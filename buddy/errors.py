@@ -15,6 +15,7 @@ catch one root. The tree::
     ├── StateError             Redis state is not what the caller required
     ├── CampaignAborted        a rule stopped a campaign (thresholds, min health, an operator)
     └── InfrastructureError    Redis or worker processes could not be started or reached
+        └── RedisUnavailable   the first connection to a Redis failed: refused, password, host, TLS
 
 Tool errors never travel through Celery: the worker turns them into outcomes
 (DESIGN.md, "Failures are data").
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from os import PathLike
+from typing import Literal
 
 #: How many errors a :class:`PlanError` lists before ``… and N more errors``.
 MAX_ERRORS = 50
@@ -107,6 +109,27 @@ class StateError(BuddyError):
 
 class InfrastructureError(BuddyError):
     """Raised when Redis or worker processes cannot be started, reached or found."""
+
+
+#: What went wrong when a Redis could not be reached (:attr:`RedisUnavailable.kind`).
+RedisFault = Literal["auth", "permission", "refused", "unknown_host", "tls", "timeout", "protocol", "other"]
+
+
+class RedisUnavailable(InfrastructureError):
+    """Raised when a first connection to a Redis fails (:func:`buddy.transport.check_redis`).
+
+    ``url`` is the Redis URL with its password redacted; ``kind`` classifies the fault;
+    ``reason`` says what happened and ``fix`` what to change. ``str(err)`` is
+    ``cannot reach Redis at URL: reason`` and a ``fix: …`` line; it never holds a password.
+    The CLI exits 3 on it.
+    """
+
+    def __init__(self, url: str, kind: RedisFault, reason: str, fix: str) -> None:
+        self.url, self.kind, self.reason, self.fix = url, kind, reason, fix
+        super().__init__(f"cannot reach Redis at {url}: {reason}\nfix: {fix}")
+
+    def __reduce__(self) -> tuple[type[RedisUnavailable], tuple[str, RedisFault, str, str]]:
+        return type(self), (self.url, self.kind, self.reason, self.fix)
 
 
 class FileErrors:
