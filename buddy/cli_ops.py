@@ -1,6 +1,8 @@
-"""Operations commands of ``buddy``: ``flower``, ``exporter`` and ``doctor``.
+"""Operations commands of ``buddy``: ``flower``, ``exporter``, ``doctor`` and ``deadletter``.
 
-:func:`register` adds them to the ``buddy`` typer app (``buddy.cli`` calls it last).
+``buddy deadletter list|purge`` reads or empties ``buddy:deadletter``, the messages workers
+refused (:mod:`buddy.deadletter`). :func:`register` adds them all to the ``buddy`` typer app
+(``buddy.cli`` calls it last).
 ``python -m buddy.cli_ops`` runs them on their own.
 """
 
@@ -30,6 +32,21 @@ RedisOpt = Annotated[str | None, typer.Option("--redis-url", help="Default: BUDD
 def _fail(message: str, code: int = 2) -> typer.Exit:
     err.print(message, markup=False, highlight=False)
     return typer.Exit(code)
+
+
+def _probe(url: str) -> None:
+    """PING the Redis at ``url`` once, without retries, within ``BUDDY_CONNECT_TIMEOUT_S`` seconds
+    (:func:`buddy.transport.check_redis`). Raises :class:`typer.Exit` 3 after printing the
+    redacted URL, what happened and the fix (2 for a URL that is not a Redis URL)."""
+    from buddy.errors import ConfigError, RedisUnavailable
+    from buddy.transport import check_redis
+
+    try:
+        check_redis(url, get_settings().connect_timeout_s)
+    except (RedisUnavailable, ConfigError) as e:
+        # unwrapped, so the URL and the fix can be copied whole
+        err.print(str(e), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(3 if isinstance(e, RedisUnavailable) else 2) from None
 
 
 def _quick_client(url: str, timeout_s: float) -> Any:
@@ -88,6 +105,9 @@ def flower(
     if redis_url:
         os.environ["BUDDY_REDIS_URL"] = redis_url
     get_settings.cache_clear()
+    from buddy.transport import DEFAULT_REDIS_URL
+
+    _probe(get_settings().redis_url or DEFAULT_REDIS_URL)
     from workers import app as celery_app
 
     argv = ["flower", f"--port={port}", f"--address={address}"]
@@ -106,7 +126,8 @@ def exporter(
     ] = None,
     redis_url: RedisOpt = None,
 ) -> None:
-    """Serve Prometheus metrics of the fleet: queue depth, live workers and heartbeat age per agent.
+    """Serve Prometheus metrics of the fleet: queue depth, live workers and heartbeat age per agent,
+    and the messages workers dead-lettered (buddy_deadletter_total by reason).
 
     For a fleet without a running campaign (the coordinator's --metrics-port serves the same and
     the campaign's metrics). Values are read from Redis at each scrape.
@@ -119,6 +140,7 @@ def exporter(
 
     settings = get_settings()
     url = redis_url or settings.redis_url or DEFAULT_REDIS_URL
+    _probe(url)
     store = Store(_quick_client(url, timeout_s=5.0), stale_s=settings.heartbeat_stale_s)
     ids = [x.strip() for a in agent or [] for x in a.split(",") if x.strip()]
     registry = CollectorRegistry()
@@ -165,11 +187,11 @@ def doctor(
 
     Exit code 0 only when every check passes, else 1.
     """
-    from buddy.doctor import run_checks
-    from buddy.errors import ContractError
+    from buddy.doctor import Check, run_checks
+    from buddy.errors import ConfigError, ContractError, RedisUnavailable
     from buddy.state import Store
     from buddy.tools.registry import default_registry
-    from buddy.transport import DEFAULT_REDIS_URL, make_celery
+    from buddy.transport import DEFAULT_REDIS_URL, check_redis, make_celery
 
     settings = get_settings()
     url = redis_url or settings.redis_url or DEFAULT_REDIS_URL
@@ -178,12 +200,27 @@ def doctor(
         registry = default_registry([*settings.tools, *extra])
     except ContractError as e:
         raise _fail(str(e)) from None
+    unreachable: RedisUnavailable | None = None
+    try:  # the probe's diagnosis (wrong password, refused, TLS…) and fix go in the redis check
+        check_redis(url, settings.connect_timeout_s)
+    except RedisUnavailable as e:
+        unreachable = e
+    except ConfigError as e:
+        raise _fail(str(e)) from None
     store = Store(_quick_client(url, timeout_s=10.0), stale_s=settings.heartbeat_stale_s)
     app = make_celery(url, settings)
     asked = [x.strip() for x in (agents or "").split(",") if x.strip()]
     checks = run_checks(
         settings, store, app, registry, agents=asked, display_url=redact_secrets(url), max_skew_s=max_skew
     )
+    if unreachable is not None:
+        why = Check(
+            name="redis",
+            ok=False,
+            detail=f"cannot reach Redis at {unreachable.url}: {unreachable.reason}",
+            fix=unreachable.fix,
+        )
+        checks = [why if c.name == "redis" and not c.ok else c for c in checks]
     if as_json:
         for c in checks:
             print(c.model_dump_json())
@@ -204,11 +241,92 @@ def doctor(
     raise typer.Exit(0 if all(c.ok for c in checks) else 1)
 
 
+#: Characters of a dead letter's payload ``buddy deadletter list`` shows in its table.
+PAYLOAD_PREVIEW = 200
+
+deadletter_app = typer.Typer(
+    name="deadletter",
+    help="Messages workers refused (undecodable, invalid kwargs...): list or purge buddy:deadletter.",
+    no_args_is_help=True,
+)
+
+
+def _deadletter_client(redis_url: str | None) -> tuple[Any, str]:
+    """A fast-failing client for ``--redis-url`` (else ``BUDDY_REDIS_URL``) and the URL, redacted."""
+    from buddy.transport import DEFAULT_REDIS_URL
+
+    url = redis_url or get_settings().redis_url or DEFAULT_REDIS_URL
+    _probe(url)
+    return _quick_client(url, timeout_s=10.0), redact_secrets(url)
+
+
+@deadletter_app.command("list")
+def deadletter_list(
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Newest N records.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON record per line, payload whole.")] = False,
+    redis_url: RedisOpt = None,
+) -> None:
+    """Show the newest dead letters: when, why, from which queue and worker, and the message.
+
+    Records are newest first; the table shows the start of each payload, --json all of it
+    (up to the 64 KiB a record keeps).
+    """
+    from buddy import deadletter
+
+    client, shown = _deadletter_client(redis_url)
+    records = deadletter.list_(client, limit)
+    if as_json:
+        for r in records:
+            print(r.model_dump_json())
+        return
+    if not records:
+        out.print(f"no dead letters in {shown}", markup=False, highlight=False)
+        return
+    total = deadletter.count(client)
+    title = Text(f"dead letters in {shown} ({len(records)} of {total}, newest first)")
+    table = Table(title=title, show_lines=True)
+    for name in ("when (UTC) / reason", "queue / worker", "task / campaign", "error", "payload"):
+        table.add_column(name, overflow="fold")
+    for r in records:
+        preview = r.payload
+        if len(preview) > PAYLOAD_PREVIEW:
+            cut = ", truncated" if r.truncated else ""
+            preview = f"{preview[:PAYLOAD_PREVIEW]}… ({r.size} bytes{cut}; --json shows it whole)"
+        table.add_row(
+            Text(f"{r.at.strftime('%Y-%m-%d %H:%M:%S')}\n{r.reason}"),
+            Text(f"{r.queue or '–'}\n{r.worker or '–'}"),
+            Text("\n".join(x for x in (r.task_name, r.campaign_id) if x) or "–"),
+            Text(r.detail or "–"),
+            Text(preview),
+        )
+    out.print(table)
+
+
+@deadletter_app.command("purge")
+def deadletter_purge(
+    redis_url: RedisOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete every kept dead letter (the buddy_deadletter_total counters stay)."""
+    from buddy import deadletter
+
+    client, shown = _deadletter_client(redis_url)
+    n = deadletter.count(client)
+    if n == 0:
+        out.print(f"no dead letters in {shown}", markup=False, highlight=False)
+        return
+    if not yes and not typer.confirm(f"delete {n} dead letter(s) from {shown}?"):
+        raise typer.Exit(1)
+    removed = deadletter.purge(client)
+    out.print(f"deleted {removed} dead letter(s) from {shown}", markup=False, highlight=False)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``flower``, ``exporter`` and ``doctor`` to ``app``."""
+    """Add ``flower``, ``exporter``, ``doctor`` and the ``deadletter`` group to ``app``."""
     app.command("flower")(flower)
     app.command("exporter")(exporter)
     app.command("doctor")(doctor)
+    app.add_typer(deadletter_app, name="deadletter")
 
 
 ops_app = typer.Typer(

@@ -1,7 +1,8 @@
 """Prometheus metrics: the fleet read from Redis at scrape time, and a campaign's progress.
 
 :class:`FleetCollector` is a custom collector: every scrape reads Redis (one pipeline for
-the queue lengths, two commands per agent), so the numbers are never older than the scrape.
+the queue lengths, two commands per agent, one pipeline for the dead letters), so the
+numbers are never older than the scrape.
 ``buddy exporter`` serves it alone; the coordinator (``buddy run --metrics-port``) serves it
 together with :class:`CampaignMetrics`, which the coordinator updates as waves finish.
 Flower's own ``/metrics`` has no queue depth (flower#1173); ``buddy_queue_depth`` is it.
@@ -18,6 +19,9 @@ Metrics (``agent`` is the agent id, ``queue`` the Celery queue):
 ``buddy_agent_processed_total{agent}``       counter tasks the agent's workers finished
 ``buddy_agent_failed_total{agent}``          counter … that did not succeed
 ``buddy_redis_up``                           gauge   1 when the scrape could read Redis
+``buddy_deadletter_total{reason}``           counter messages workers refused (``HGETALL
+                                                     buddy:deadletter:counts``, :mod:`buddy.deadletter`)
+``buddy_deadletter_messages``                gauge   dead letters kept (``LLEN buddy:deadletter``)
 ``buddy_tasks_total{status}``                counter final outcomes of the campaign, by status
 ``buddy_campaign_tasks_planned``             gauge   tasks in the campaign's plan
 ``buddy_campaign_info{campaign,mode}``       gauge   1 for the running campaign
@@ -42,6 +46,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from buddy import deadletter
 from buddy.models import COORDINATOR_QUEUE, FINAL_STATUSES, Outcome, agent_queue
 from buddy.state import Store
 
@@ -132,6 +137,22 @@ class FleetCollector(Collector):
         )
         unacked.add_metric([], float(self.broker.hlen(UNACKED_KEY)))
         yield unacked
+
+        # workers serve no /metrics: they count refused messages in Redis, read here
+        by_reason, kept = deadletter.stats(self.store.r)
+        refused = CounterMetricFamily(
+            "buddy_deadletter",
+            "Messages workers refused (undecodable, invalid...) and dead-lettered, by reason.",
+            labels=["reason"],
+        )
+        for reason, n in sorted(by_reason.items()):
+            refused.add_metric([reason], float(n))
+        yield refused
+        dead = GaugeMetricFamily(
+            "buddy_deadletter_messages", "Dead letters kept in buddy:deadletter (buddy deadletter list)."
+        )
+        dead.add_metric([], float(kept))
+        yield dead
 
         live = GaugeMetricFamily(
             "buddy_agent_live_workers", "Workers of the agent with a fresh heartbeat.", labels=["agent"]
