@@ -50,6 +50,15 @@ class Settings(BaseSettings):
       third of it while the tool runs); ``BUDDY_LEASE_WAIT_S`` (10): how long a task waits for
       its leases before it ends ``conflict`` (retried).
     - ``BUDDY_LOG_FORMAT``: ``text`` or ``json``; ``BUDDY_LOG_LEVEL``.
+    - ``BUDDY_FILE_ROOT``: a directory the file tools are confined to (paths that resolve
+      outside it, through ``..``, an absolute path or a symlink, are refused); unset: no
+      confinement (file tools still act on regular files only).
+    - ``BUDDY_BROKER_URL``: the Celery broker when it is not the state Redis (``amqp://…``
+      for RabbitMQ); unset: the broker is ``BUDDY_REDIS_URL``.
+    - ``BUDDY_DEADLETTER_MAXLEN`` (10000): cap of ``buddy:deadletter``, the list of messages
+      workers refused (malformed, forged, for no running campaign).
+    - ``BUDDY_CONNECT_TIMEOUT_S`` (3): seconds a command waits for its first Redis
+      connection before it reports the URL (redacted) and the fix.
     - ``BUDDY_INJECT_FAILURE_RATE`` (0): a testing aid (``buddy worker --inject-failure-rate``):
       this fraction (0–1) of the worker's task attempts fail with a retryable
       ``InjectedFailure`` before the tool runs. Never set it on a production fleet.
@@ -74,6 +83,10 @@ class Settings(BaseSettings):
     signing_cert_store: str | None = None
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
+    file_root: str | None = None
+    broker_url: str | None = None
+    deadletter_maxlen: int = Field(default=10_000, ge=10)
+    connect_timeout_s: float = Field(default=3.0, gt=0, le=60)
 
     _split = field_validator("shell_allow", "python_allow", "tools", mode="before")(_split_commas)
 
@@ -144,18 +157,74 @@ def load_campaign_config(path: Path) -> CampaignConfig:
     """Read and validate a campaign YAML file.
 
     Raises :class:`ConfigError` with ``FILE: field: message`` lines for a missing file,
-    bad YAML (with its line) or fields that fail validation.
+    bad YAML (with its line) or fields that fail validation; and, with the YAML line, for
+    what PyYAML would accept silently: a key given twice in one mapping (PyYAML keeps the
+    last one): ``FILE:LINE: duplicate key "mode" (first on line 2)``, and ``.nan`` /
+    ``.inf``, since every number of the config is a bound or a threshold:
+    ``FILE:LINE: .inf is not a finite number``. A merge key (``<<: *base``) may still
+    override what it merges. The file must be a regular file
+    (``FILE: not a regular file (a FIFO)``): a FIFO or a device would hang the read.
     """
+    import math
+
+    from buddy.plan import NotRegularFileError, read_regular_file  # plan.py imports this module
+
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = read_regular_file(path)
+    except NotRegularFileError as e:
+        raise ConfigError(f"{path}: {e}") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config: {e.strerror or e}") from None
     try:
-        data = yaml.safe_load(text) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start + 1} is not)") from None
+
+    class StrictLoader(yaml.SafeLoader):
+        """PyYAML's safe loader that refuses a repeated key and a non-finite float."""
+
+        def construct_document(self, node: yaml.Node) -> Any:
+            # before anything is built: the merge keys (<<) are still where they were written
+            todo, done = [node], set()
+            while todo:
+                item = todo.pop()
+                if id(item) in done:  # an alias
+                    continue
+                done.add(id(item))
+                if isinstance(item, yaml.SequenceNode):
+                    todo.extend(item.value)
+                if not isinstance(item, yaml.MappingNode):
+                    continue
+                first: dict[Any, int] = {}
+                for key_node, value_node in item.value:
+                    todo += (key_node, value_node)
+                    if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                        continue
+                    key = self.construct_object(key_node)
+                    line = key_node.start_mark.line + 1
+                    if key in first:
+                        shown = f'"{key}"' if isinstance(key, str) else repr(key)
+                        raise ConfigError(
+                            f"{path}:{line}: duplicate key {shown} (first on line {first[key]})"
+                        )
+                    first[key] = line
+            return super().construct_document(node)
+
+        def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+            value = super().construct_yaml_float(node)
+            if not math.isfinite(value):
+                raise ConfigError(f"{path}:{node.start_mark.line + 1}: {node.value} is not a finite number")
+            return value
+
+    StrictLoader.add_constructor("tag:yaml.org,2002:float", StrictLoader.construct_yaml_float)
+    try:
+        data = yaml.load(text, Loader=StrictLoader) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}{line}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     try:

@@ -17,12 +17,16 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import os
+import re
+import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+import orjson
 from pydantic import BaseModel, ValidationError
 
 from buddy.assignment import choose
@@ -35,23 +39,28 @@ from buddy.tools.registry import ToolRegistry
 
 __all__ = [
     "MAX_ERRORS",
+    "MAX_JSON_DEPTH",
     "CampaignPlan",
+    "NotRegularFileError",
     "PlannedTask",
     "assign_wave",
     "build_plan",
     "cap_errors",
     "load_plan",
     "load_schedule",
+    "read_regular_file",
     "summary_table",
 ]
 
-_json_loads: Callable[[bytes], Any]
-try:
-    import orjson
+#: The JSON reader of plan and schedule lines. orjson is stricter than the standard library
+#: where it matters here: ``NaN``, ``Infinity`` and numbers beyond a 64-bit float are errors.
+_json_loads: Callable[[bytes], Any] = orjson.loads
 
-    _json_loads = orjson.loads
-except ImportError:  # pragma: no cover - orjson is optional
-    _json_loads = json.loads
+#: How deeply JSON objects and arrays may nest in a plan or schedule line, the line's own
+#: object counting as level 1: ``{"args": {"a": [1]}}`` is 3 levels deep. Deeper lines are
+#: errors, so that nothing after validation (conflict detection, message serialization, the
+#: workers, the report) has to recurse through unbounded nesting.
+MAX_JSON_DEPTH = 32
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -201,15 +210,59 @@ def _field_errors(e: ValidationError) -> list[str]:
     return out
 
 
-# -- reading JSONL ---------------------------------------------------------------------------
+# -- reading files ---------------------------------------------------------------------------
+
+
+class NotRegularFileError(OSError):
+    """Raised by :func:`read_regular_file` for a path that is not a regular file; ``str()``
+    says what it is instead, e.g. ``not a regular file (a FIFO)``."""
+
+
+_KINDS: tuple[tuple[Callable[[int], bool], str], ...] = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def read_regular_file(path: Path) -> bytes:
+    """All bytes of ``path``, which must be a regular file (a symlink to one will do).
+
+    Used for the plan, the schedule and the campaign config. The file is opened with
+    ``O_NONBLOCK`` (which a regular file ignores) and checked with ``fstat`` before a byte is
+    read: a FIFO would block until a writer came, a device such as ``/dev/zero`` never ends,
+    a directory has no bytes. Each raises :class:`NotRegularFileError` (an :class:`OSError`)
+    at once instead. Raises :class:`OSError` when the file cannot be opened or read.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _KINDS if test(mode)), "a special file")
+            raise NotRegularFileError(f"not a regular file ({kind})")
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        return f.read()
 
 
 def _read(path: Path, what: str, errors: FileErrors) -> bytes | None:
+    """The bytes of a plan or schedule file, or None after adding why not to ``errors``
+    (``FILE: cannot read plan: …``, ``FILE: not a regular file (a FIFO)``)."""
     try:
-        return path.read_bytes()
+        return read_regular_file(path)
+    except NotRegularFileError as e:
+        errors.add(0, str(e))
     except OSError as e:
         errors.add(0, f"cannot read {what}: {e.strerror or e}")
-        return None
+    return None
+
+
+# -- reading JSONL ---------------------------------------------------------------------------
 
 
 def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
@@ -221,11 +274,15 @@ def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
 
 
 def _decode(text: bytes, number: int, errors: FileErrors) -> dict[str, Any] | None:
-    """The JSON object on a line, or None after adding why it is not one to ``errors``."""
+    """The JSON object on a line, or None after adding why it is not one to ``errors``.
+
+    For lines that passed :func:`_screen` or :func:`_json_problems` (so orjson reads them):
+    the standard library keeps big ints exact (orjson makes them floats), so a message about
+    ``"wave": 1000000000000000000000`` shows the int that was written."""
     try:
-        obj = _json_loads(text)
+        obj = json.loads(text)
     except json.JSONDecodeError as e:
-        errors.add(number, f"not valid JSON: {e.msg} (column {e.colno})")
+        errors.add(number, _not_json(e, text))
         return None
     except (ValueError, RecursionError) as e:
         errors.add(number, f"not valid JSON: {e}")
@@ -246,6 +303,183 @@ def _json_type(value: Any) -> str:
     if isinstance(value, (int, float)):
         return "a number"
     return "null" if value is None else type(value).__name__
+
+
+# -- strict JSON -----------------------------------------------------------------------------
+#
+# A plan line is read by pydantic (the fast path) or orjson (the slow path), and both are
+# lenient where it hurts later: pydantic reads ``NaN``, ``Infinity`` and ``1e400``, neither
+# sees a key given twice (the last one wins: ``{"tool": "noop", …, "tool": "file.delete"}``
+# runs ``file.delete``), and nesting is only bounded by their recursion limits. So every line
+# first passes :func:`_screen`, and the rare line it is not sure of :func:`_json_problems`.
+
+
+def _screen(text: bytes) -> bool:
+    """True when a plan or schedule line certainly has none of the problems that
+    :func:`_json_problems` reports; False means "look closer", not "bad". Costs one orjson
+    round trip (about a microsecond for a usual line).
+
+    - nesting: at most :data:`MAX_JSON_DEPTH` ``{`` and ``[`` in the whole line (brackets in
+      strings only make the count too high);
+    - syntax and numbers: orjson reads the line (it refuses ``NaN``, ``Infinity`` and numbers
+      beyond a 64-bit float);
+    - duplicate keys: written back by orjson, each object keeps one ``key: value`` pair per
+      distinct key, and each pair has one ``:`` outside strings, while every string keeps
+      its colons (orjson writes ``:`` as it is, and no escape but ``\\u003a`` stands for one:
+      a line holding that takes the slow path). So the line and its copy hold as many
+      colons exactly when no pair was dropped, that is when no object repeats a key.
+    """
+    if text.count(b"{") + text.count(b"[") > MAX_JSON_DEPTH or b"\\u003" in text:
+        return False
+    try:
+        again = orjson.dumps(_json_loads(text))
+    except (ValueError, TypeError):  # orjson.JSONDecodeError, orjson.JSONEncodeError
+        return False
+    return again.count(b":") == text.count(b":")
+
+
+def _json_problems(text: bytes) -> tuple[list[str], Any]:
+    """Why a line :func:`_screen` is not sure of is not acceptable JSON: ``(messages, value)``,
+    ``value`` being the parsed line (the last of repeated keys wins) or None when it cannot
+    be read. No messages: the line is fine after all (a colon escaped as ``\\u003a``, many
+    brackets but not nested deep).
+
+    - ``not valid JSON: …`` (with the column): bad syntax, ``NaN`` or ``Infinity`` (not JSON
+      numbers), a number beyond a 64-bit float (about ±1.8e308), bad UTF-8;
+    - ``args nested deeper than 32 levels``: objects and arrays nested more than
+      :data:`MAX_JSON_DEPTH` levels, the line's own object counting as level 1; named by the
+      top-level field the nesting is under (``JSON nested …`` for a line that is not an
+      object). Later stages recurse through a task's args: unbounded nesting would crash them;
+    - ``duplicate key "tool"``: a key given twice in one object, at any depth (one message
+      per key). JSON readers keep the last one silently, which is never what a plan means.
+    """
+    try:
+        value = _json_loads(text)
+    except json.JSONDecodeError as e:  # orjson's error is one
+        deep = _deep_key_in(text) if text.count(b"{") + text.count(b"[") > MAX_JSON_DEPTH else None
+        return [_nested(deep) if deep is not None else _not_json(e, text)], None
+    deep = _deep_key(value)
+    if deep is not None:
+        return [_nested(deep)], value
+    return [f"duplicate key {_quote(key)}" for key in _duplicate_keys(text)], value
+
+
+def _not_json(e: json.JSONDecodeError, text: bytes) -> str:
+    """``not valid JSON: <reason> (column N)``, with a hint for the non-JSON numbers."""
+    hint = ""
+    if "infinity" in e.msg:
+        hint = "; a JSON number must fit a 64-bit float (at most about ±1.8e308)"
+    elif text.decode("utf-8", "replace")[e.pos : e.pos + 9].lstrip("-").startswith(("NaN", "Infinity")):
+        hint = "; NaN and Infinity are not JSON numbers"
+    return f"not valid JSON: {e.msg} (column {e.colno}){hint}"
+
+
+def _nested(key: str) -> str:
+    """The message for nesting deeper than :data:`MAX_JSON_DEPTH` under top-level ``key``."""
+    if not key:
+        where = "JSON"
+    elif key.isidentifier() and len(key) <= 60:
+        where = key
+    else:
+        where = _quote(key)
+    return f"{where} nested deeper than {MAX_JSON_DEPTH} levels"
+
+
+def _quote(key: str) -> str:
+    """A key as JSON writes it, for a message (cut to 60 characters)."""
+    return json.dumps(key if len(key) <= 60 else key[:57] + "...", ensure_ascii=False)
+
+
+def _deep_key(value: Any) -> str | None:
+    """The top-level key under which a parsed line nests deeper than :data:`MAX_JSON_DEPTH`
+    (``""`` when the line is not an object), or None when it does not. Iterative: the value
+    may be nested up to orjson's own limit (1024)."""
+    if isinstance(value, dict):
+        roots, start = list(value.items()), 2
+    else:
+        roots, start = [("", value)], 1
+    for key, root in roots:
+        stack = [(root, start)]
+        while stack:
+            node, depth = stack.pop()
+            if isinstance(node, dict):
+                children: Iterable[Any] = node.values()
+            elif isinstance(node, list):
+                children = node
+            else:
+                continue
+            if depth > MAX_JSON_DEPTH:
+                return key
+            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return None
+
+
+_STRUCTURE = re.compile(rb'[\[\]{}"\\]')
+
+
+def _deep_key_in(text: bytes) -> str | None:
+    """:func:`_deep_key` for a line orjson could not read (it stops at 1024 levels, and the
+    line may be broken besides): one pass over its brackets, quotes and backslashes, skipping
+    strings, that stops where the nesting gets too deep."""
+    depth = 0
+    in_string = False
+    escaped = -1  # the position of the byte after a backslash in a string
+    start = 0  # where the current string opened
+    key = b""  # the last string closed at level 1: the key of the level-1 value being read
+    is_object = False
+    for m in _STRUCTURE.finditer(text):
+        i = m.start()
+        if i == escaped:
+            continue
+        c = text[i]
+        if in_string:
+            if c == 0x5C:  # backslash
+                escaped = i + 1
+            elif c == 0x22:  # closing quote
+                in_string = False
+                if depth == 1:
+                    key = text[start + 1 : i]
+        elif c == 0x22:
+            in_string, start = True, i
+        elif c in b"[{":
+            depth += 1
+            if depth == 1:
+                is_object = c == 0x7B
+            elif depth > MAX_JSON_DEPTH:
+                return _key_text(key) if is_object else ""
+        elif c in b"]}":
+            depth -= 1
+    return None
+
+
+def _key_text(raw: bytes) -> str:
+    """The text of a JSON string's raw bytes (between the quotes)."""
+    try:
+        return cast("str", json.loads(b'"' + raw + b'"'))
+    except ValueError:
+        return raw.decode("utf-8", "replace")
+
+
+def _duplicate_keys(text: bytes) -> list[str]:
+    """The keys that occur twice in one object of a line, at any depth, each once, in the
+    order found (inner objects first). ``text`` is JSON that orjson has read."""
+    found: dict[str, None] = {}
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(items)
+        if len(obj) != len(items):
+            seen: set[str] = set()
+            for key, _ in items:
+                if key in seen:
+                    found[key] = None
+                seen.add(key)
+        return obj
+
+    try:
+        json.loads(text, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):  # pragma: no cover - orjson read it first
+        pass
+    return list(found)
 
 
 @dataclass
@@ -318,6 +552,13 @@ def _parse_plan(
         if not text or text.startswith(b"#"):
             continue
         any_line = True
+        if not _screen(text):  # maybe NaN, a repeated key, deep nesting: look closer
+            problems, value = _json_problems(text)
+            if problems:
+                for msg in problems:
+                    errors.add(number, msg)
+                _note_broken(value, number, errors, parsed)
+                continue
         task: PlanTask | None
         try:  # the fast path: a good line straight from its bytes
             task = from_json(text, strict=True)
@@ -360,7 +601,12 @@ def _parse_plan(
             claims = contract.claims(model, workdir)
             expected = contract.expected_duration_s(model)
         except Exception as e:
-            errors.add(number, f"tool {task.tool!r} failed on these args: {type(e).__name__}: {e}")
+            from buddy.errors import ToolDeniedError
+
+            if isinstance(e, ToolDeniedError):  # a policy refusal (BUDDY_FILE_ROOT): it names the arg
+                errors.add(number, str(e))
+            else:
+                errors.add(number, f"tool {task.tool!r} failed on these args: {type(e).__name__}: {e}")
             continue
         own = task.resources
         if claims or len(own) > 1:
@@ -398,7 +644,20 @@ def _broken_line(
     except ValidationError as e:
         for msg in _field_errors(e):
             errors.add(number, msg)
-    tid = obj.get("task_id")
+    _note_broken(obj, number, errors, parsed)
+    tool, args = obj.get("tool"), obj.get("args", {})
+    if isinstance(tool, str) and tool:  # the tool and its args are checked all the same
+        contract = contract_of(tool, number)
+        if contract is not None and isinstance(args, dict):
+            args_of(contract, args, number)
+    return None
+
+
+def _note_broken(obj: Any, number: int, errors: FileErrors, parsed: _Parsed) -> None:
+    """Record the task id of a line that is not a valid task as ``broken`` (its dependents
+    are not blamed for it), or report it a duplicate; nothing when the line (``obj``, its
+    JSON value, None when unreadable) names no valid id."""
+    tid = obj.get("task_id") if isinstance(obj, dict) else None
     if isinstance(tid, str) and TASK_ID_RE.match(tid):
         first = parsed.lines.get(tid)
         if first is not None:
@@ -406,12 +665,6 @@ def _broken_line(
         else:
             parsed.lines[tid] = number
             parsed.broken.add(tid)
-    tool, args = obj.get("tool"), obj.get("args", {})
-    if isinstance(tool, str) and tool:  # the tool and its args are checked all the same
-        contract = contract_of(tool, number)
-        if contract is not None and isinstance(args, dict):
-            args_of(contract, args, number)
-    return None
 
 
 def _merge_claims(first: Iterable[ResourceClaim], second: Iterable[ResourceClaim]) -> list[ResourceClaim]:
@@ -450,6 +703,12 @@ def _parse_schedule(path: Path, errors: FileErrors) -> tuple[list[tuple[int, Sch
     entries: list[tuple[int, ScheduleEntry]] = []
     seen: dict[str, int] = {}
     for number, text in _lines(data):
+        if not _screen(text):  # the same strict JSON as a plan line
+            problems, _ = _json_problems(text)
+            if problems:
+                for msg in problems:
+                    errors.add(number, msg)
+                continue
         obj = _decode(text, number, errors)
         if obj is None:
             continue
