@@ -24,11 +24,19 @@ from rich.console import Console
 from rich.table import Table
 
 from buddy.config import CampaignConfig, get_settings, load_campaign_config, parse_agents
-from buddy.errors import BuddyError, ConfigError, ContractError, InfrastructureError, PlanError
+from buddy.errors import (
+    BuddyError,
+    ConfigError,
+    ContractError,
+    InfrastructureError,
+    PlanError,
+    RedisUnavailable,
+)
 from buddy.models import AgentSpec, Mode, Strategy, agent_queue
 from buddy.plan import CampaignPlan, build_plan, summary_table
 from buddy.state import Store
 from buddy.tools.registry import ToolRegistry
+from buddy.transport import DEFAULT_REDIS_URL, check_redis, redact_url, redis_client
 
 if TYPE_CHECKING:
     from buddy.coordinator import CampaignOptions
@@ -66,18 +74,6 @@ class RollbackScope(StrEnum):
 def _fail(message: str, code: int = EXIT_INVALID) -> NoReturn:
     err.print(message, markup=False, highlight=False)
     raise typer.Exit(code)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for logs, outputs and screens)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
 
 
 # -- shared loading -------------------------------------------------------------------------
@@ -191,6 +187,21 @@ WorkdirOpt = Annotated[
     Path | None, typer.Option("--workdir", help="Where relative paths in tool args resolve. Default: cwd.")
 ]
 RedisOpt = Annotated[str | None, typer.Option("--redis-url", help="Default: BUDDY_REDIS_URL.")]
+RootOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--root",
+        help="Confine the file tools to this directory (BUDDY_FILE_ROOT): paths outside it are refused.",
+    ),
+]
+
+
+def _set_root(root: Path | None) -> str | None:
+    """Apply ``--root`` to this process's settings (BUDDY_FILE_ROOT); the root in force, if any."""
+    if root is not None:
+        os.environ["BUDDY_FILE_ROOT"] = str(root.expanduser().resolve())
+        get_settings.cache_clear()
+    return get_settings().file_root
 ConflictOpt = Annotated[
     list[str] | None,
     typer.Option("--conflict", help="TYPE=RESOLUTION, e.g. write_write=priority (repeatable; see README)."),
@@ -210,9 +221,11 @@ def validate(
     workdir: WorkdirOpt = None,
     tools: ToolsOpt = None,
     conflict: ConflictOpt = None,
+    root: RootOpt = None,
 ) -> None:
     """Validate a plan (nothing is dispatched) and print its waves × agents and its conflicts."""
     try:
+        _set_root(root)
         cfg = _load_config(config)
         specs = _resolve_agents(agents, cfg)
         wd = (workdir or Path(cfg.workdir or ".")).resolve()
@@ -362,12 +375,15 @@ def run(
     metrics_address: Annotated[
         str, typer.Option("--metrics-address", help="Address for --metrics-port.")
     ] = "127.0.0.1",
+    root: RootOpt = None,
 ) -> None:
     """Run a plan as a wave campaign and write its outputs."""
     from buddy.coordinator import CampaignOptions, new_campaign_id
 
     try:
+        file_root = _set_root(root)
         settings = get_settings()
+        url = redis_url or settings.redis_url
         cfg = _load_config(config)
         specs = _resolve_agents(agents, cfg)
         wd = (workdir or Path(cfg.workdir or ".")).resolve()
@@ -375,17 +391,20 @@ def run(
         tool_modules = [*settings.tools, *cfg.tools, *_split(tools)]
         cp = _plan(plan, schedule, cfg, specs, strat, wd, tool_modules, conflict)
     except (PlanError, ConfigError, ContractError) as e:
-        _fail(str(e))
+        _fail(str(e))  # bad input first (exit 2), whatever the Redis
+    if url:  # the fleet's Redis: fail now, not after the local workers
+        _probe(url)
 
     cid = new_campaign_id()
     out_root = out_dir or Path("outputs") / cid
-    url = redis_url or settings.redis_url
     n_local = (
         local_workers
         if local_workers is not None
         else (cfg.local_workers if cfg.local_workers is not None else (0 if url else 1))
     )
     worker_env = {"BUDDY_TOOLS": ",".join(tool_modules)}
+    if file_root:
+        worker_env["BUDDY_FILE_ROOT"] = file_root
     if cfg.shell_allow:
         worker_env["BUDDY_SHELL_ALLOW"] = ",".join(sorted({*settings.shell_allow, *cfg.shell_allow}))
     if cfg.python_allow:
@@ -439,7 +458,7 @@ def _execute(
     from buddy.metrics import CampaignMetrics, FleetCollector, MetricsServer, serve
     from buddy.redis_server import EmbeddedRedis
     from buddy.tools.registry import default_registry
-    from buddy.transport import make_dispatcher, redis_client
+    from buddy.transport import make_dispatcher
 
     settings = get_settings()
     out_root = options.out_dir or Path("outputs") / str(options.campaign_id)
@@ -649,6 +668,7 @@ def worker(
     coordinator_queue: Annotated[
         bool, typer.Option("--coordinator-queue/--no-coordinator-queue", help="Also run chord bodies.")
     ] = True,
+    root: RootOpt = None,
 ) -> None:
     """Start a Celery worker on the agents' queues (buddy.agent.<id>) and buddy.coordinator."""
     from buddy.models import AGENT_ID_RE, COORDINATOR_QUEUE
@@ -665,7 +685,9 @@ def worker(
         os.environ["BUDDY_TOOLS"] = ",".join([*get_settings().tools, *_split(tools)])
     if inject_failure_rate is not None:
         os.environ["BUDDY_INJECT_FAILURE_RATE"] = str(inject_failure_rate)
+    _set_root(root)
     get_settings.cache_clear()
+    _redis_url(None)  # a wrong URL or password: exit 3 now, not after Celery's 100 retries
     try:
         from buddy.tools.registry import default_registry
 
@@ -730,12 +752,30 @@ def tools_cmd(
     out.print(f"python.call allow-list (BUDDY_PYTHON_ALLOW): {python}")
 
 
-def _store(redis_url: str | None) -> tuple[Store, str]:
-    from buddy.transport import DEFAULT_REDIS_URL, redis_client
+def _probe(url: str) -> None:
+    """PING the Redis at ``url`` once, without retries, within ``BUDDY_CONNECT_TIMEOUT_S`` seconds
+    (:func:`buddy.transport.check_redis`). On failure print the redacted URL, what happened and
+    the fix, and exit 3 (2 for a URL that is not a Redis URL); never a traceback."""
+    try:
+        check_redis(url, get_settings().connect_timeout_s)
+    except (RedisUnavailable, ConfigError) as e:
+        # unwrapped, so the URL and the fix can be copied whole
+        err.print(str(e), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_ABORTED if isinstance(e, RedisUnavailable) else EXIT_INVALID) from None
 
-    settings = get_settings()
-    url = redis_url or settings.redis_url or DEFAULT_REDIS_URL
-    return Store(redis_client(url), stale_s=settings.heartbeat_stale_s), url
+
+def _redis_url(redis_url: str | None) -> str:
+    """The Redis of a command: ``--redis-url``, else ``BUDDY_REDIS_URL``, else localhost:6379,
+    probed once (:func:`_probe`) before the command does any work."""
+    url = redis_url or get_settings().redis_url or DEFAULT_REDIS_URL
+    _probe(url)
+    return url
+
+
+def _store(redis_url: str | None) -> tuple[Store, str]:
+    """A :class:`Store` on the command's Redis (:func:`_redis_url`: probed first) and its URL."""
+    url = _redis_url(redis_url)
+    return Store(redis_client(url), stale_s=get_settings().heartbeat_stale_s), url
 
 
 @app.command()

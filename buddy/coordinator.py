@@ -25,6 +25,7 @@ import dataclasses
 import json
 import secrets
 import time
+import uuid
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +37,8 @@ from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from buddy.claims import Claims
+from buddy.config import get_settings
 from buddy.dispatch import batch_size, wave_deadline_s
 from buddy.errors import CampaignAborted
 from buddy.learning import Learner
@@ -69,6 +72,7 @@ from buddy.report import ReportContext, render_report
 from buddy.report_html import LatencyChart, render_html
 from buddy.rollback import compensate
 from buddy.safety import Approvals, EscalationPolicy, Gate, escalate
+from buddy.stalls import Sent, StallWatch
 from buddy.state import AgentInfo, Store
 from buddy.tools.registry import ToolRegistry
 from buddy.transport import EXECUTE_TASK, WAVE_COMPLETE_TASK
@@ -135,8 +139,8 @@ BODY_GRACE_S = 2.0
 class _Dispatch:
     """One dispatch of a wave: its token, chord id, the sent task ids, the wave's ``done``
     counter before it, its deadline in seconds, whether the chord body reported or will
-    not run (the chord failed, or the wave closed at its deadline), and the outcomes (stored
-    JSON) read when the wave closed."""
+    not run (the chord failed, or the wave closed at its deadline), the outcomes (stored
+    JSON) read when the wave closed, and where each task went (for :mod:`buddy.stalls`)."""
 
     token: str
     chord_id: str
@@ -146,6 +150,7 @@ class _Dispatch:
     reported: bool = False
     failed: bool = False
     raw: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    sent: dict[str, Sent] = dataclasses.field(default_factory=dict)  # task → its message (stalls)
 
 
 class Coordinator:
@@ -185,6 +190,12 @@ class Coordinator:
         self.dispatch: _Dispatch | None = None  # the wave's last dispatch
         self.latency: LatencyChart | None = None  # report.html's latency chart, drawn early
         self.prior_outcomes = True  # outcomes stored before this run (set in _begin)
+        broker = get_settings().broker_url
+        self.stalls = StallWatch(
+            Claims(store.r),
+            stale_s=store.stale_s,
+            redis_broker=broker is None or broker.startswith(("redis", "rediss", "unix")),
+        )
         self.learner = Learner(
             plan,
             store,
@@ -653,6 +664,8 @@ class Coordinator:
         body ``buddy.wave_complete`` on ``buddy.coordinator``."""
         token = secrets.token_hex(8)
         header = []
+        sent_items: list[dict[str, Any]] = []
+        where: dict[str, Sent] = {}
         for agent, pts in sorted(to_send.items()):
             slots = next((a.concurrency for a in self.plan.agents if a.id == agent), 1)
             info = self._agents_now().get(agent)
@@ -663,11 +676,16 @@ class Coordinator:
                 items = [
                     self._spec(pt, gates[pt.task.task_id]).model_dump(mode="json") for pt in pts[i : i + size]
                 ]
+                sent_items.extend(items)
+                message_id = str(uuid.uuid4())
+                for item in items:
+                    where[item["task_id"]] = Sent(agent, message_id, item)
                 header.append(
                     self.app.signature(
                         EXECUTE_TASK,
                         kwargs={"campaign_id": self.cid, "wave": n, "agent_id": agent, "items": items},
                         queue=agent_queue(agent),
+                        task_id=message_id,
                         # what Flower and the logs show; spares Celery a saferepr of every item
                         argsrepr="()",
                         kwargsrepr=f"{{wave: {n}, agent: {agent}, items: {len(items)}}}",
@@ -679,13 +697,14 @@ class Coordinator:
             queue=COORDINATOR_QUEUE,
         )
         sent_ids = [pt.task.task_id for pts in to_send.values() for pt in pts]
+        self.store.record_dispatch(self.cid, n, sent_items)  # workers run only what is recorded here
         baseline = int(self.store.wave_counters(self.cid, n).get("done", 0))
         self.store.expect_done(self.cid, n, baseline + len(sent_ids))
         result = chord(header, app=self.app)(body)
         deadline_s = self.opts.wave_timeout_s or wave_deadline_s(to_send, self.plan.agents, self.registry)
         self.store.update_campaign(self.cid, current_wave=n, chord_id=result.id)
         self.store.event(self.cid, "wave_dispatched", wave=n, messages=len(header), chord_id=result.id)
-        self.dispatch = _Dispatch(token, result.id, sent_ids, baseline, deadline_s)
+        self.dispatch = _Dispatch(token, result.id, sent_ids, baseline, deadline_s, sent=where)
         return self.dispatch
 
     def _wait(self, n: int, sending: _Dispatch, bar: Any, progress: Progress) -> set[str]:
@@ -719,6 +738,8 @@ class Coordinator:
             if now - last_check < 1.0:
                 continue
             last_check = now
+            if self.stalls.due():
+                self._resend_stalled(n, sending)
             if self.store.campaign(self.cid).get("abort_requested"):
                 raise CampaignAborted(
                     f"aborted by an operator: {self.store.campaign(self.cid)['abort_requested']}"
@@ -744,6 +765,46 @@ class Coordinator:
                 self.store.event(self.cid, "wave_deadline", wave=n, missing=len(missing))
                 sending.failed = True  # its members are not all back: the body will not report
                 return missing
+
+    def _resend_stalled(self, n: int, sending: _Dispatch) -> None:
+        """Send again the tasks :class:`~buddy.stalls.StallWatch` finds stalled (a dead attempt, a
+        lost message), to their agent or, when it has no live worker, to a healthy agent that
+        offers the tool; the delivery that gets one decides whether it may run again."""
+        missing = self.store.missing_outcomes(self.cid, sending.ids)
+        due = self.stalls.check(self.cid, {t: sending.sent[t] for t in missing if t in sending.sent})
+        if not due:
+            return
+        healthy = self._healthy_agents(fresh=True)
+        specs = {a.id: a for a in self.plan.agents}
+        by_agent: dict[str, list[str]] = defaultdict(list)
+        for tid in sorted(due):
+            was = sending.sent[tid]
+            tool = str(was.item.get("tool"))
+            agents = (
+                [was.agent] if was.agent in healthy else sorted(a for a in healthy if specs[a].offers(tool))
+            )
+            if agents:
+                by_agent[agents[0]].append(tid)
+        for agent, tids in by_agent.items():
+            message_id = str(uuid.uuid4())
+            items = [dict(sending.sent[t].item) for t in tids]
+            self.app.signature(
+                EXECUTE_TASK,
+                kwargs={"campaign_id": self.cid, "wave": n, "agent_id": agent, "items": items},
+                queue=agent_queue(agent),
+                task_id=message_id,
+                argsrepr="()",
+                kwargsrepr=f"{{wave: {n}, agent: {agent}, items: {len(items)}, resent: true}}",
+            ).apply_async()
+            for t, item in zip(tids, items, strict=True):
+                sending.sent[t] = Sent(agent, message_id, item)
+        resent = sorted(t for tids in by_agent.values() for t in tids)
+        reasons = sorted(set(due.values()))
+        self.console.print(
+            f"[yellow]wave {n}: sent {len(resent)} stalled task(s) again[/] ({'; '.join(reasons)})",
+            highlight=False,
+        )
+        self.store.event(self.cid, "tasks_resent", wave=n, tasks=resent, reasons=due)
 
     def _await_body(self, n: int) -> None:
         """Give the wave's chord body (its analysis: feedback and monitor) up to

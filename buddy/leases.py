@@ -45,10 +45,28 @@ class LeaseConflictError(RetryableToolError):
 
 
 class LeaseLostError(ToolError):
-    """A lease expired (or was taken over) before the effect was committed; ``lease_lost``."""
+    """A lease expired (or was taken over) before the effect was committed; ``lease_lost``.
 
-    def __init__(self, message: str) -> None:
+    The effect was refused, so nothing is to be undone. ``token`` is the holder's fencing
+    token, ``current_token`` the resource's newest (None when unknown).
+    """
+
+    def __init__(self, message: str, token: int | None = None, current_token: int | None = None) -> None:
         super().__init__(message, error_type="lease_lost")
+        self.token = token
+        self.current_token = current_token
+
+
+class StaleCommitError(ToolError):
+    """The lease was found lost right *after* an effect was committed (``stale_commit``): the
+    holder was paused between its last check and the commit, so its write may have landed
+    on top of a newer holder's. It cannot be excluded, so the task ends ``needs_review``
+    with both tokens; nothing is rolled back (that would be a stale write too)."""
+
+    def __init__(self, message: str, token: int | None = None, current_token: int | None = None) -> None:
+        super().__init__(message, error_type="stale_commit")
+        self.token = token
+        self.current_token = current_token
 
 
 def lease_key(resource: str) -> str:
@@ -121,14 +139,40 @@ class Lease:
 
     def check(self, resource: str | None = None) -> None:
         """Raise :class:`LeaseLostError` unless every lease (or ``resource``'s) is still ours and newest."""
+        lost = self._lost(resource)
+        if lost is not None:
+            r, token, current = lost
+            raise LeaseLostError(
+                f"lease on {r} (token {token}) expired or was taken over (newest token {current}); "
+                "the effect was refused",
+                token,
+                current,
+            )
+
+    def confirm(self) -> None:
+        """Call right *after* committing an effect: raise :class:`StaleCommitError` when a lease
+        was lost meanwhile (the commit may have overwritten a newer holder's effect)."""
+        lost = self._lost(None)
+        if lost is not None:
+            r, token, current = lost
+            raise StaleCommitError(
+                f"lease on {r} (token {token}) was lost while the effect was committed (newest token "
+                f"{current}): a newer holder's effect may have been overwritten; settle it with "
+                "`buddy review`",
+                token,
+                current,
+            )
+
+    def _lost(self, resource: str | None) -> tuple[str, int, int | None] | None:
+        """(resource, our token, newest token) of the first lease no longer ours, else None."""
         for r, token in self.tokens.items():
             if resource is not None and r != resource:
                 continue
             ok = self.manager._check(keys=[lease_key(r), fence_key(r)], args=[f"{self.owner}|{token}", token])
             if not int(ok):
-                raise LeaseLostError(
-                    f"lease on {r} (token {token}) expired or was taken over; the effect was refused"
-                )
+                current = self.manager.r.get(fence_key(r))
+                return r, token, int(current) if current is not None else None
+        return None
 
     def renew(self) -> bool:
         """Extend every lease by the TTL; False if any is no longer ours."""

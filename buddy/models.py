@@ -82,7 +82,14 @@ class Strategy(StrEnum):
     CONFIDENCE = "confidence"
 
 
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+#: A probability or a share: a finite float in 0..1 (``NaN`` and infinities are errors).
+Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+#: The highest wave a plan line or a schedule line may name. Waves are dispatched one after
+#: the other and reported one by one, so a wave number is a small positive int; a plan of
+#: 100 000 tasks laid out one per wave still fits. Waves computed from dependencies (one
+#: after the latest dependency's) are not bounded by it.
+MAX_WAVE = 100_000
 
 
 class _Strict(BaseModel):
@@ -97,13 +104,19 @@ class ResourceClaim(_Strict):
 
 
 class PlanTask(_Strict):
-    """One line of a plan (the Phase 20 predictions format). Unknown fields are errors."""
+    """One line of a plan (the Phase 20 predictions format). Unknown fields are errors.
+
+    Bounds: ``wave`` an int in 1..:data:`MAX_WAVE`; ``priority`` an int in 0..100;
+    ``predicted_success`` and ``confidence`` finite floats in 0..1. Plan lines are read
+    strictly: a float is not an int (``"wave": 2.0`` and ``"wave": 1e30`` are errors).
+    ``args`` are checked by the tool's own args model.
+    """
 
     task_id: str
     tool: str = Field(min_length=1)
     args: dict[str, Any] = Field(default_factory=dict)
     agent: str | None = None
-    wave: int | None = Field(default=None, ge=1)
+    wave: int | None = Field(default=None, ge=1, le=MAX_WAVE)
     depends_on: list[str] = Field(default_factory=list)
     resources: list[ResourceClaim] = Field(default_factory=list)
     priority: int = Field(default=50, ge=0, le=100)
@@ -127,11 +140,12 @@ class PlanTask(_Strict):
 
 
 class ScheduleEntry(_Strict):
-    """One line of a schedule file: pins a task to an agent and/or a wave."""
+    """One line of a schedule file: pins a task to an agent and/or a wave (an int in
+    1..:data:`MAX_WAVE`, as on a plan line)."""
 
     task_id: str
     agent: str | None = None
-    wave: int | None = Field(default=None, ge=1)
+    wave: int | None = Field(default=None, ge=1, le=MAX_WAVE)
 
 
 class AgentSpec(_Strict):
@@ -191,6 +205,8 @@ class Outcome(BaseModel):
     """The record of one task's execution; a line of ``executed_tasks.jsonl``.
 
     ``duration_ms`` is wall time of the last attempt; ``attempts`` counts every try.
+    ``fencing_token`` is the lease token the task held; ``current_fencing_token`` the
+    resource's newest token when a lease was found lost (``lease_lost``, ``stale_commit``).
     """
 
     task_id: str
@@ -212,6 +228,7 @@ class Outcome(BaseModel):
     errors: list[AttemptError] = Field(default_factory=list)
     rolled_back: bool = False
     fencing_token: int | None = None
+    current_fencing_token: int | None = None
 
 
 class RollbackEvent(BaseModel):

@@ -21,15 +21,21 @@ Keys beyond DESIGN.md's table:
 - ``buddy:campaign:<cid>:transitions`` (list): workers' state transitions, drained by the
   coordinator into ``state_transitions.jsonl``.
 - ``buddy:campaign:<cid>:rollbacks`` (list): compensation records (``rollback_events.jsonl``).
+- ``buddy:campaign:<cid>:dispatched`` (hash): task id → ``<wave>:<spec digest>`` of what the
+  coordinator sent; a worker runs a task only when its message matches (:meth:`Store.begin_batch`).
+- ``buddy:campaign:<cid>:claim:<task>``: see :mod:`buddy.claims`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis
 from pydantic import BaseModel, Field
 
@@ -69,6 +75,10 @@ class Keys:
         return f"{PREFIX}campaign:{cid}:undo"
 
     @staticmethod
+    def dispatched(cid: str) -> str:
+        return f"{PREFIX}campaign:{cid}:dispatched"
+
+    @staticmethod
     def claim(cid: str, task_id: str) -> str:
         return f"{PREFIX}campaign:{cid}:claim:{task_id}"
 
@@ -101,27 +111,28 @@ class Keys:
         return f"{PREFIX}lock:system"
 
 
-class Claim(BaseModel):
-    """An execution claim on ``(campaign, task)``: who runs which attempt, since when.
+def spec_digest(item: Mapping[str, Any]) -> str:
+    """A 16-hex-digit digest of one task's message item (a ``TaskSpec`` dumped in JSON mode,
+    keys sorted): the coordinator records it at dispatch and the worker compares it, so a
+    message whose task, tool, args or mode differ from what was dispatched does not run."""
+    return hashlib.blake2b(orjson.dumps(item, option=orjson.OPT_SORT_KEYS), digest_size=8).hexdigest()
 
-    ``state`` is ``running`` while an attempt is in progress and ``retry_wait`` between a
-    failed attempt and its Celery retry; ``delivery`` is ``<celery task id>:<retries>`` and
-    tells a redelivery of the same message (the earlier attempt died) from a retry.
-    ``heartbeat`` (epoch seconds) is renewed by the executing worker every few seconds: a
-    ``running`` claim with a fresh heartbeat belongs to an attempt still in progress
-    elsewhere (a duplicate delivery), a stale one to an attempt that died.
+
+@dataclass
+class BatchState:
+    """What :meth:`Store.begin_batch` read for a batch, in one round trip.
+
+    ``outcomes``: the tasks that already have one; ``claims``: their claim values as stored
+    (:mod:`buddy.claims`); ``lock``: the system lock's reason or None; ``campaign_status``:
+    the campaign hash's ``status`` (None: no such campaign); ``dispatched``: task id →
+    ``<wave>:<digest>`` for the tasks the coordinator recorded (:meth:`Store.record_dispatch`).
     """
 
-    worker: str
-    attempt: int
-    started_at: float
-    state: str = "running"
-    delivery: str = ""
-    heartbeat: float = 0.0
-    errors: list[dict[str, Any]] = Field(default_factory=list)
-
-    def fresh(self, now: float, stale_s: float) -> bool:
-        return self.state == "running" and now - (self.heartbeat or self.started_at) < stale_s
+    outcomes: dict[str, Outcome]
+    claims: dict[str, bytes]
+    lock: str | None
+    campaign_status: str | None
+    dispatched: dict[str, str]
 
 
 class AgentInfo(BaseModel):
@@ -263,66 +274,47 @@ class Store:
         """Whether any outcome of ``cid`` is stored yet (HLEN): a new campaign has none."""
         return bool(self.r.hlen(self.keys.outcomes(cid)))
 
-    def begin_batch(
-        self, cid: str, task_ids: list[str]
-    ) -> tuple[dict[str, Outcome], dict[str, Claim], str | None]:
-        """One round trip: the existing outcomes and claims of ``task_ids``, and the system lock."""
+    def begin_batch(self, cid: str, task_ids: list[str]) -> BatchState:
+        """One round trip: what a worker needs before it runs a batch of ``cid`` (:class:`BatchState`)."""
         pipe = self.r.pipeline(transaction=False)
         pipe.hmget(self.keys.outcomes(cid), task_ids)
         pipe.mget([self.keys.claim(cid, t) for t in task_ids])
         pipe.get(self.keys.system_lock())
-        outs, claims, lock = pipe.execute()
-        return (
-            {t: Outcome.model_validate_json(v) for t, v in zip(task_ids, outs, strict=True) if v is not None},
-            {t: Claim.model_validate_json(v) for t, v in zip(task_ids, claims, strict=True) if v is not None},
-            _s(lock),
+        pipe.hget(self.keys.campaign(cid), "status")
+        pipe.hmget(self.keys.dispatched(cid), task_ids)
+        outs, claims, lock, status, sent = pipe.execute()
+        return BatchState(
+            outcomes={
+                t: Outcome.model_validate_json(v)
+                for t, v in zip(task_ids, outs, strict=True)
+                if v is not None
+            },
+            claims={t: _b(v) for t, v in zip(task_ids, claims, strict=True) if v is not None},
+            lock=_s(lock),
+            campaign_status=_s(status),
+            dispatched={t: _s(v) or "" for t, v in zip(task_ids, sent, strict=True) if v is not None},
         )
+
+    def record_dispatch(self, cid: str, wave: int, items: Iterable[Mapping[str, Any]]) -> None:
+        """Record what the coordinator sends in wave ``wave`` (HSET ``:dispatched``, task id →
+        ``<wave>:<spec digest>``): a worker runs only tasks recorded here (:func:`spec_digest`)."""
+        mapping = {str(i["task_id"]): f"{wave}:{spec_digest(i)}" for i in items}
+        if mapping:
+            self.r.hset(self.keys.dispatched(cid), mapping=mapping)
 
     def save_undo(self, cid: str, task_id: str, data: dict[str, Any]) -> None:
         """Persist a reversible tool's undo data before its effect (HSET on ``:undo``)."""
         self.r.hset(self.keys.undo(cid), task_id, json.dumps(data))
 
-    def set_claims(self, cid: str, wave: int, claims: Mapping[str, Claim], ttl_s: int) -> None:
-        """Write claims (SET with EX ``ttl_s``) and count them as running on the wave."""
-        if not claims:
+    def retry_counts(self, cid: str, wave: int, n: int, transitions: list[Transition]) -> None:
+        """Count ``n`` attempts of wave ``wave`` as waiting for a Celery retry (no longer running)
+        and push their transitions, in one round trip."""
+        if not n:
             return
         pipe = self.r.pipeline(transaction=False)
-        for tid, claim in claims.items():
-            pipe.set(self.keys.claim(cid, tid), claim.model_dump_json(), ex=ttl_s)
-        pipe.hincrby(self.keys.wave(cid, wave), "running", len(claims))
-        pipe.execute()
-
-    def touch_claims(self, cid: str, claims: Mapping[str, Claim], ttl_s: int) -> None:
-        """Rewrite running claims with their renewed heartbeat (one pipeline)."""
-        if not claims:
-            return
-        pipe = self.r.pipeline(transaction=False)
-        for tid, claim in claims.items():
-            pipe.set(self.keys.claim(cid, tid), claim.model_dump_json(), ex=ttl_s)
-        pipe.execute()
-
-    def claim(self, cid: str, task_id: str) -> Claim | None:
-        raw = self.r.get(self.keys.claim(cid, task_id))
-        return Claim.model_validate_json(raw) if raw else None
-
-    def set_retry_claims(
-        self,
-        cid: str,
-        wave: int,
-        claims: Mapping[str, Claim],
-        ttl_s: int,
-        *,
-        transitions: list[Transition] | None = None,
-    ) -> None:
-        """Mark claims ``retry_wait`` (a Celery retry is scheduled) and count them as retrying."""
-        if not claims:
-            return
-        pipe = self.r.pipeline(transaction=False)
-        self.push_transitions(cid, transitions or [], pipe)
-        for tid, claim in claims.items():
-            pipe.set(self.keys.claim(cid, tid), claim.model_dump_json(), ex=ttl_s)
-        pipe.hincrby(self.keys.wave(cid, wave), "running", -len(claims))
-        pipe.hincrby(self.keys.wave(cid, wave), "retries", len(claims))
+        self.push_transitions(cid, transitions, pipe)
+        pipe.hincrby(self.keys.wave(cid, wave), "running", -n)
+        pipe.hincrby(self.keys.wave(cid, wave), "retries", n)
         pipe.execute()
 
     def record_outcomes(
@@ -331,19 +323,24 @@ class Store:
         *,
         running_delta: int = 0,
         transitions: list[Transition] | None = None,
+        written: frozenset[str] | set[str] = frozenset(),
     ) -> None:
         """One round trip: outcomes into the hash, wave and agent counters, the tasks' state
         transitions, and one ``outcomes`` event listing ``[task_id, status, agent_id, wave]``
         per outcome.
 
-        ``running_delta`` adjusts the wave's ``running`` counter (claims that end here).
+        ``running_delta`` adjusts the wave's ``running`` counter (claims that end here);
+        ``written`` names outcomes already in the hash (recorded under their claim by
+        :meth:`buddy.claims.Claims.commit`): only their counters and event are added here.
         """
         if not outcomes:
             return
         pipe = self.r.pipeline(transaction=False)
         cid = outcomes[0].campaign_id
         self.push_transitions(cid, transitions or [], pipe)
-        pipe.hset(self.keys.outcomes(cid), mapping={o.task_id: o.model_dump_json() for o in outcomes})
+        fresh = {o.task_id: o.model_dump_json() for o in outcomes if o.task_id not in written}
+        if fresh:
+            pipe.hset(self.keys.outcomes(cid), mapping=fresh)
         per_wave: dict[int, dict[str, int]] = {}
         per_agent: dict[str, dict[str, int]] = {}
         for o in outcomes:

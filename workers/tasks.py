@@ -13,8 +13,11 @@ from typing import Any
 
 from celery import Task
 from celery.signals import task_revoked
+from pydantic import BaseModel, Field, ValidationError
 
+from buddy import deadletter
 from buddy.analysis import analyze
+from buddy.compensation import compensate
 from buddy.config import get_settings
 from buddy.execution import Executor
 from buddy.leases import LeaseManager
@@ -24,6 +27,7 @@ from buddy.state import Store
 from buddy.tools.registry import default_registry
 from buddy.transport import DEFAULT_REDIS_URL, EXECUTE_TASK, ROLLBACK_TASK, WAVE_COMPLETE_TASK, redis_client
 from workers.app import app
+from workers.transport import refuse
 
 
 @lru_cache(maxsize=1)
@@ -53,6 +57,59 @@ def executor(hostname: str) -> Executor:
         stale_s=s.heartbeat_stale_s,
         renew_s=s.heartbeat_interval_s,
         inject_failure_rate=s.inject_failure_rate,
+        on_refused=_refused(hostname),
+    )
+
+
+def _refused(hostname: str) -> Any:
+    """The executor's ``on_refused``: dead-letter tasks nobody dispatched (a forged message, a
+    campaign that is not running), with what they were; they get no outcome."""
+
+    def hook(cid: str, wave: int, agent_id: str, specs: list[TaskSpec], why: str) -> None:
+        refuse(
+            deadletter.NOT_DISPATCHED,
+            {
+                "campaign_id": cid,
+                "wave": wave,
+                "agent_id": agent_id,
+                "items": [s.model_dump(mode="json") for s in specs],
+            },
+            queue=f"buddy.agent.{agent_id}",
+            detail=why,
+            task_name=EXECUTE_TASK,
+            campaign_id=cid,
+            worker=hostname,
+        )
+
+    return hook
+
+
+class BatchKwargs(BaseModel):
+    """The kwargs of ``buddy.execute_batch``; a message whose kwargs do not validate is
+    dead-lettered (reason ``invalid-kwargs``, :mod:`buddy.deadletter`) and returns ``[]``."""
+
+    campaign_id: str = Field(min_length=1)
+    wave: int
+    agent_id: str = Field(min_length=1)
+    items: list[TaskSpec]
+    carry: list[list[str]] | None = None
+
+
+def _refuse_batch(self: Task, error: ValidationError, kwargs: dict[str, Any]) -> None:
+    """Dead-letter an ``execute_batch`` whose kwargs did not validate (one pipeline to Redis)."""
+    req = self.request
+    info = req.delivery_info if isinstance(req.delivery_info, dict) else {}
+    cid = kwargs.get("campaign_id")
+    refuse(
+        deadletter.INVALID_KWARGS,
+        {"id": req.id, "task": EXECUTE_TASK, "kwargs": kwargs},
+        queue=str(info.get("routing_key") or ""),
+        detail="; ".join(
+            f"{'.'.join(map(str, d['loc'])) or '-'}: {d['msg']}" for d in error.errors(include_url=False)
+        ),
+        task_name=EXECUTE_TASK,
+        campaign_id=cid if isinstance(cid, str) else None,
+        worker=req.hostname,
     )
 
 
@@ -70,8 +127,17 @@ def execute_batch(
     Tasks whose tool asks for another try are sent again through ``self.retry`` with the
     policy's backoff as countdown; ``carry`` brings the statuses of the batch's finished
     tasks along, so the chord body sees every task of the batch in the final result.
+    Kwargs that do not validate (:class:`BatchKwargs`) are dead-lettered (``invalid-kwargs``,
+    :mod:`buddy.deadletter`) and the batch returns ``[]``: acked, never retried.
     """
-    specs = [TaskSpec.model_validate(i) for i in items]
+    kwargs = {"campaign_id": campaign_id, "wave": wave, "agent_id": agent_id, "items": items, "carry": carry}
+    try:  # a forged or corrupt batch is dead-lettered, not raised: it would only fail again
+        batch = BatchKwargs.model_validate(kwargs)
+    except ValidationError as e:
+        _refuse_batch(self, e, kwargs)
+        return []
+    campaign_id, wave, agent_id, carry = batch.campaign_id, batch.wave, batch.agent_id, batch.carry
+    specs = batch.items
     delivery = f"{self.request.id}:{self.request.retries}"
     res = executor(self.request.hostname or "worker").run_batch(
         campaign_id, wave, agent_id, specs, delivery=delivery
@@ -111,7 +177,7 @@ def wave_complete(
 @app.task(name=ROLLBACK_TASK, bind=True, acks_late=True)
 def rollback(self: Task, campaign_id: str, task_id: str) -> dict[str, Any]:
     """Compensate one succeeded reversible task (a link of the rollback chain)."""
-    event = executor(self.request.hostname or "worker").compensate(campaign_id, task_id)
+    event = compensate(executor(self.request.hostname or "worker"), campaign_id, task_id)
     return event.model_dump(mode="json")
 
 

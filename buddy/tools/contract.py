@@ -88,6 +88,7 @@ class ToolContext:
     undo: dict[str, Any] | None = None
     on_undo: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False)
     lease_check: Callable[[], None] | None = field(default=None, repr=False)
+    lease_confirm: Callable[[], None] | None = field(default=None, repr=False)
 
     def path(self, p: str | Path) -> Path:
         """``p`` made absolute against the campaign's workdir."""
@@ -100,6 +101,15 @@ class ToolContext:
         a newer fencing token exists, so a stale holder's effect is refused. No-op unleased."""
         if self.lease_check is not None:
             self.lease_check()
+
+    def confirm_lease(self) -> None:
+        """Call right *after* committing an effect on a leased resource: raises
+        :class:`~buddy.leases.StaleCommitError` (``stale_commit``) when the lease was lost
+        between :meth:`check_lease` and the commit (the worker was paused there), so the task
+        ends ``needs_review`` instead of reporting a success that may have overwritten a newer
+        holder's effect. No-op unleased."""
+        if self.lease_confirm is not None:
+            self.lease_confirm()
 
     def record_undo(self, data: dict[str, Any]) -> None:
         """Keep ``data`` (JSON-able) for this call's rollback; the worker persists it in Redis

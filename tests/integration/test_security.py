@@ -29,7 +29,7 @@ import pytest
 
 from buddy.errors import InfrastructureError
 from buddy.fleet import LocalFleet
-from buddy.models import AgentSpec
+from buddy.models import AgentSpec, TaskSpec
 from buddy.redis_server import EmbeddedRedis
 from buddy.state import Keys, Store
 from buddy.transport import EXECUTE_TASK, make_celery, redis_client
@@ -114,7 +114,12 @@ def test_pickle_message_is_refused_and_nothing_runs(
     # control: the same batch as JSON runs (so the checks above would have seen a run)
     json_target = tmp_path / "json.txt"
     cid2 = f"json-{uuid.uuid4().hex[:8]}"
-    sender.send_task(EXECUTE_TASK, kwargs=_batch(cid2, json_target), queue="buddy.agent.a1")
+    batch = _batch(cid2, json_target)
+    store.create_campaign(cid2, {"status": "running"})  # what a coordinator records before it sends
+    store.record_dispatch(
+        cid2, 1, [TaskSpec.model_validate(i).model_dump(mode="json") for i in batch["items"]]
+    )
+    sender.send_task(EXECUTE_TASK, kwargs=batch, queue="buddy.agent.a1")
     _wait(lambda: store.outcomes(cid2).get("write") is not None, what="the JSON message's outcome")
     assert json_target.read_text() == "ran\n"
     assert store.outcomes(cid2)["write"].status.value == "succeeded"

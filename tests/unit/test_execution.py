@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from buddy.claims import Claim, parse
 from buddy.errors import RetryableToolError, ToolDeniedError, ToolError, ToolTimeoutError
 from buddy.execution import BatchResult, Executor
 from buddy.models import Mode, Outcome, TaskSpec, TaskStatus
-from buddy.state import Claim, Keys, Store
+from buddy.state import Keys, Store
 from buddy.tools import RetryPolicy, ToolContext, ToolRegistry, default_registry, tool
 
 CID = "c1"
@@ -168,7 +169,15 @@ def make_spec(tmp_path: Path) -> Callable[..., TaskSpec]:
     return make
 
 
+def dispatch(store: Store, *specs: TaskSpec, wave: int = WAVE) -> None:
+    """What the coordinator does before it sends a batch: the campaign runs, the tasks are recorded."""
+    if not store.campaign(CID):
+        store.create_campaign(CID, {"status": "running"})
+    store.record_dispatch(CID, wave, [s.model_dump(mode="json") for s in specs])
+
+
 def run(ex: Executor, *specs: TaskSpec, delivery: str = "") -> BatchResult:
+    dispatch(ex.store, *specs)
     return ex.run_batch(CID, WAVE, AGENT, list(specs), delivery=delivery)
 
 
@@ -177,7 +186,9 @@ def stored(store: Store, task_id: str) -> Outcome:
 
 
 def claim_of(store: Store, task_id: str) -> Claim:
-    return store.begin_batch(CID, [task_id])[1][task_id]
+    got = parse(store.begin_batch(CID, [task_id]).claims[task_id])
+    assert got is not None
+    return got
 
 
 # -- success and redelivery ----------------------------------------------------------------------
@@ -339,7 +350,7 @@ def test_unknown_tool_and_invalid_args(store: Store, tools: Tools, ex: Executor,
     assert i.status is TaskStatus.FAILED and i.error_type == "InvalidArgs"
     assert i.error_msg is not None and "n" in i.error_msg
     # nothing was claimed, so nothing counts as running
-    assert store.begin_batch(CID, ["u", "i"])[1] == {}
+    assert store.begin_batch(CID, ["u", "i"]).claims == {}
     assert store.wave_counters(CID, WAVE).get("running", "0") == "0"
 
 
@@ -537,7 +548,9 @@ def test_a_tool_past_its_timeout_is_stopped_and_ends_timed_out(store: Store) -> 
     register("t.stubborn", args=NoArgs, result=NoArgs, timeout_s=0.2, idempotent=True, registry=reg)(stubborn)
     ex = Executor(store, reg, worker="w1")
     t0 = _time.monotonic()
-    ex.run_batch(CID, 1, "a1", [TaskSpec(task_id="t1", tool="t.stubborn", mode=Mode.LIVE)])
+    spec = TaskSpec(task_id="t1", tool="t.stubborn", mode=Mode.LIVE)
+    dispatch(store, spec)
+    ex.run_batch(CID, 1, "a1", [spec])
     elapsed = _time.monotonic() - t0
     o = stored(store, "t1")
     assert o.status is TaskStatus.TIMED_OUT and o.error_type == "ToolTimeoutError"

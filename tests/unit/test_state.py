@@ -14,8 +14,9 @@ from types import SimpleNamespace
 import pytest
 
 import buddy.state
+from buddy.claims import Claim, Claims
 from buddy.models import Mode, Outcome, StatusCounts, TaskStatus, WaveSummary
-from buddy.state import Claim, Keys, Store
+from buddy.state import Keys, Store, spec_digest
 
 CID = "c1"
 T0 = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -201,7 +202,9 @@ def test_missing_outcomes_names_the_tasks_without_one(store: Store) -> None:
 
 
 def test_record_outcomes_updates_hash_counters_agents_and_one_event(store: Store) -> None:
-    store.set_claims(CID, 1, {t: Claim(worker="w1", attempt=1, started_at=0.0) for t in "abc"}, ttl_s=60)
+    Claims(store.r).acquire(
+        CID, 1, {t: (None, Claim(worker="w1", attempt=1, started_at=0.0)) for t in "abc"}, ttl_s=60
+    )
     outs = [
         outcome("a"),
         outcome("b", TaskStatus.FAILED),
@@ -269,57 +272,44 @@ def test_outcomes_by_ids_and_all(store: Store) -> None:
 # -- claims, batches, undo ---------------------------------------------------------------------
 
 
-def test_begin_batch_returns_outcomes_claims_and_lock(store: Store) -> None:
+def test_begin_batch_returns_outcomes_claims_lock_and_dispatch(store: Store) -> None:
     store.record_outcomes([outcome("a")])
     claim = Claim(worker="w9", attempt=2, started_at=5.0, state="retry_wait", delivery="d:1")
-    store.set_claims(CID, 1, {"b": claim}, ttl_s=60)
+    Claims(store.r).acquire(CID, 1, {"b": (None, claim)}, ttl_s=60)
+    item = {"task_id": "c", "tool": "noop", "args": {"n": 1}, "mode": "mock"}
+    store.create_campaign(CID, {"status": "running"})
+    store.record_dispatch(CID, 3, [item])
 
-    outs, claims, lock = store.begin_batch(CID, ["a", "b", "c"])
-    assert outs == {"a": outcome("a")}
-    assert claims == {"b": claim}
-    assert lock is None
+    got = store.begin_batch(CID, ["a", "b", "c"])
+    assert got.outcomes == {"a": outcome("a")}
+    assert got.claims == {"b": claim.dump()}
+    assert got.lock is None
+    assert got.campaign_status == "running"
+    assert got.dispatched == {"c": f"3:{spec_digest(item)}"}
 
     store.r.set(Keys.system_lock(), "maintenance window")
-    assert store.begin_batch(CID, ["c"]) == ({}, {}, "maintenance window")
+    assert store.begin_batch(CID, ["c"]).lock == "maintenance window"
     assert store.lock_reason() == "maintenance window"
+    assert store.begin_batch("nope", ["c"]).campaign_status is None
 
 
-def test_set_claims_sets_ttl_and_running(store: Store) -> None:
-    claims = {
-        "a": Claim(worker="w1", attempt=1, started_at=1.0),
-        "b": Claim(worker="w1", attempt=1, started_at=1.0, delivery="x:0"),
-    }
-    store.set_claims(CID, 1, claims, ttl_s=120)
-    for tid in claims:
-        ttl = store.r.ttl(Keys.claim(CID, tid))
-        assert 0 < ttl <= 120
-    assert store.begin_batch(CID, ["a", "b"])[1] == claims
-    assert store.wave_counters(CID, 1)["running"] == "2"
+def test_spec_digest_changes_with_any_field_but_not_key_order() -> None:
+    item = {"task_id": "t", "tool": "noop", "args": {"a": 1, "b": [1, 2]}, "mode": "mock"}
+    assert spec_digest(item) == spec_digest(dict(reversed(item.items())))
+    for change in ({"mode": "live"}, {"tool": "file.delete"}, {"args": {"a": 2, "b": [1, 2]}}):
+        assert spec_digest({**item, **change}) != spec_digest(item)
 
 
-def test_set_claims_of_nothing_writes_nothing(store: Store) -> None:
-    store.set_claims(CID, 1, {}, ttl_s=60)
-    store.set_retry_claims(CID, 1, {}, ttl_s=60)
-    assert store.wave_counters(CID, 1) == {}
-
-
-def test_set_retry_claims_moves_running_to_retries(store: Store) -> None:
-    store.set_claims(CID, 1, {t: Claim(worker="w1", attempt=1, started_at=1.0) for t in "ab"}, ttl_s=60)
-    retry = Claim(
-        worker="w1",
-        attempt=1,
-        started_at=1.0,
-        state="retry_wait",
-        errors=[{"attempt": 1, "error_type": "E", "error_msg": "m", "at": T0.isoformat()}],
+def test_retry_counts_moves_running_to_retries(store: Store) -> None:
+    Claims(store.r).acquire(
+        CID, 1, {t: (None, Claim(worker="w1", attempt=1, started_at=1.0)) for t in "ab"}, ttl_s=60
     )
-    store.set_retry_claims(CID, 1, {"a": retry}, ttl_s=30)
+    store.retry_counts(CID, 1, 1, [])
     w = store.wave_counters(CID, 1)
     assert w["running"] == "1"
     assert w["retries"] == "1"
-    got = store.begin_batch(CID, ["a"])[1]["a"]
-    assert got.state == "retry_wait"
-    assert got.errors == retry.errors
-    assert 0 < store.r.ttl(Keys.claim(CID, "a")) <= 30
+    store.retry_counts(CID, 1, 0, [])
+    assert store.wave_counters(CID, 1) == w
 
 
 def test_save_undo_and_undo_data(store: Store) -> None:
