@@ -143,22 +143,24 @@ def _plan(
 
 
 def _warn_visibility(cp: CampaignPlan, registry: ToolRegistry) -> None:
-    """Warn when a tool of the plan can run longer than Redis waits before redelivering."""
-    vt = get_settings().visibility_timeout_s
+    """Warn when one attempt of a tool of the plan can hold its message longer than Redis waits
+    before redelivering it. Batches are cut so that their worst case fits
+    (:func:`buddy.dispatch.slices`); a single attempt longer than the timeout cannot be."""
+    from buddy.dispatch import attempt_worst_s
+
+    settings = get_settings()
+    vt = settings.visibility_timeout_s
+    pts = list(cp.tasks.values())
     worst: dict[str, float] = {}
-    for pt in cp.tasks.values():
-        c = registry.get(pt.task.tool)
-        p = c.retry
-        seconds = c.timeout_for(c.parse_args(pt.task.args)) * p.max_attempts + sum(
-            p.delay_s(k) for k in range(1, p.max_attempts)
-        )
-        worst[c.name] = max(worst.get(c.name, 0.0), seconds)
+    for pt, seconds in zip(pts, attempt_worst_s(pts, registry, settings.lease_wait_s), strict=True):
+        worst[pt.task.tool] = max(worst.get(pt.task.tool, 0.0), seconds)
     for name, seconds in sorted(worst.items()):
         if seconds >= vt:
             err.print(
-                f"warning: {name} can run for up to {seconds:.0f} s (timeout × attempts + backoff), not less "
-                f"than BUDDY_VISIBILITY_TIMEOUT_S={vt}: Redis may deliver its message again while it runs "
-                "(claims make that delivery wait, but raise the visibility timeout)",
+                f"warning: one attempt of {name} can hold its message for up to {seconds:.0f} s (timeout, "
+                f"stop grace, lease wait), not less than BUDDY_VISIBILITY_TIMEOUT_S={vt}: Redis may "
+                "deliver it again while it runs (its claim makes that delivery wait); raise the "
+                "visibility timeout",
                 highlight=False,
             )
 

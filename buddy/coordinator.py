@@ -39,7 +39,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from buddy.claims import Claims
 from buddy.config import get_settings
-from buddy.dispatch import batch_size, wave_deadline_s
+from buddy.dispatch import attempt_worst_s, batch_size, slices, wave_deadline_s
 from buddy.errors import CampaignAborted
 from buddy.learning import Learner
 from buddy.lifecycle import TaskLifecycle, Transition
@@ -190,7 +190,8 @@ class Coordinator:
         self.dispatch: _Dispatch | None = None  # the wave's last dispatch
         self.latency: LatencyChart | None = None  # report.html's latency chart, drawn early
         self.prior_outcomes = True  # outcomes stored before this run (set in _begin)
-        broker = get_settings().broker_url
+        self.settings = get_settings()
+        broker = self.settings.broker_url
         self.stalls = StallWatch(
             Claims(store.r),
             stale_s=store.stale_s,
@@ -672,10 +673,9 @@ class Coordinator:
             slots *= max(1, len(info.live_workers) if info is not None else 1)
             known = [pt.expected_s for pt in pts if pt.expected_s is not None]
             size = batch_size(len(pts), slots, max(known) if known else None, self.opts.batch_size)
-            for i in range(0, len(pts), size):
-                items = [
-                    self._spec(pt, gates[pt.task.task_id]).model_dump(mode="json") for pt in pts[i : i + size]
-                ]
+            worst = attempt_worst_s(pts, self.registry, self.settings.lease_wait_s)
+            for i, j in slices(worst, size, self.settings.visibility_timeout_s):
+                items = [self._spec(pt, gates[pt.task.task_id]).model_dump(mode="json") for pt in pts[i:j]]
                 sent_items.extend(items)
                 message_id = str(uuid.uuid4())
                 for item in items:

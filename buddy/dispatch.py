@@ -7,9 +7,11 @@ builds a wave's chord (DESIGN.md, data flow).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 
 from buddy.models import AgentSpec
 from buddy.plan import PlannedTask
+from buddy.timeouts import HARD_TIMEOUT_GRACE_S
 from buddy.tools.registry import ToolRegistry
 
 #: Batches whose tasks are expected to take at least this long go one per message.
@@ -20,6 +22,8 @@ MAX_BATCH = 64
 MESSAGE_WORK_S = 0.05
 #: Buddy's own cost of a task in a batch (seconds), the floor of a task's expected work.
 TASK_OVERHEAD_S = 0.001
+#: The share of the visibility timeout a batch's worst case may fill (the rest is margin).
+VISIBILITY_SHARE = 0.8
 
 
 def batch_size(n_tasks: int, slots: int, expected_s: float | None, fixed: int | None = None) -> int:
@@ -72,3 +76,39 @@ def wave_deadline_s(
             )
         worst = max(worst, total / conc.get(agent, 1))
     return worst + margin_s
+
+
+def attempt_worst_s(
+    pts: Sequence[PlannedTask], registry: ToolRegistry, lease_wait_s: float = 0.0
+) -> list[float]:
+    """Seconds each task's attempt can hold its message at most: its tool's timeout (from the
+    args when the tool says so), the worker's hard-stop grace and, for a task with write
+    claims, the wait for its leases. Retries go out as new messages, so one attempt counts."""
+    fixed: dict[str, float] = {}
+    out = []
+    for pt in pts:
+        contract = registry.get(pt.task.tool)
+        if contract.timeout_of is None:
+            t = fixed.get(contract.name)
+            if t is None:
+                t = fixed[contract.name] = float(contract.timeout_s)
+        else:
+            t = contract.timeout_for(contract.parse_args(pt.task.args))
+        leased = any(c.mode == "write" for c in pt.claims)
+        out.append(t + HARD_TIMEOUT_GRACE_S + (lease_wait_s if leased else 0.0))
+    return out
+
+
+def slices(worst_s: Sequence[float], size: int, visibility_timeout_s: float) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` of each message's tasks: at most ``size`` tasks, and at most
+    :data:`VISIBILITY_SHARE` of the visibility timeout of worst case in one message, so Redis
+    never redelivers a batch that is still running (a single longer task goes alone)."""
+    budget = visibility_timeout_s * VISIBILITY_SHARE
+    start, total = 0, 0.0
+    for i, w in enumerate(worst_s):
+        if i > start and (i - start >= size or total + w > budget):
+            yield start, i
+            start, total = i, 0.0
+        total += w
+    if start < len(worst_s):
+        yield start, len(worst_s)

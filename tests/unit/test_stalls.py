@@ -57,7 +57,7 @@ def test_a_dead_attempt_and_a_lost_message_are_due_after_two_sightings() -> None
 
 
 def test_a_task_whose_queue_is_not_empty_is_not_lost() -> None:
-    _r, watch, clock, pending = setup()
+    r, watch, clock, pending = setup()
     r.lpush("buddy.agent.a1", "a message of someone")
     lost = {"lost": pending["lost"]}
     watch.check(CID, lost)
@@ -66,7 +66,7 @@ def test_a_task_whose_queue_is_not_empty_is_not_lost() -> None:
 
 
 def test_a_recovered_task_is_forgotten() -> None:
-    _r, watch, clock, pending = setup()
+    r, watch, clock, pending = setup()
     dead = {"dead": pending["dead"]}
     watch.check(CID, dead)
     r.set(Keys.claim(CID, "dead"), Claim(worker="w3", attempt=2, started_at=1000.0, heartbeat=1009.0).dump())
