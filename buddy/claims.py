@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import redis
 from pydantic import BaseModel, Field
 
 from buddy.state import Keys
@@ -121,6 +122,26 @@ class Claims:
         self._swap = client.register_script(SWAP)
         self._commit = client.register_script(COMMIT)
 
+    def _evalshas(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
+        """Run ``(script, keys, args)`` calls as plain ``EVALSHA`` in one pipelined round trip.
+
+        redis-py's pipelined scripts send ``SCRIPT EXISTS`` before every pipeline (a second
+        round trip); here a script is loaded only when Redis answers ``NOSCRIPT`` (first use,
+        or a restarted Redis), then the pipeline is sent again: every script above is
+        idempotent for its own caller."""
+        for attempt in (1, 2):
+            pipe = self.r.pipeline(transaction=False)
+            for script, keys, args in calls:
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            try:
+                return list(pipe.execute())
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                for script in {id(c[0]): c[0] for c in calls}.values():
+                    self.r.script_load(script.script)
+        raise AssertionError("unreachable")
+
     def read(self, cid: str, task_ids: list[str]) -> dict[str, bytes]:
         """The stored claims of ``task_ids`` that have one, as stored (MGET)."""
         if not task_ids:
@@ -139,19 +160,17 @@ class Claims:
         """
         if not entries:
             return {}
-        pipe = self.r.pipeline(transaction=False)
         news: dict[str, bytes] = {}
         okeys, wkey = Keys.outcomes(cid), Keys.wave(cid, wave)
+        calls = []
         for tid, (old, claim) in entries.items():
             news[tid] = new = claim.dump()
             was = parse(old)
             count = "0" if was is not None and was.state == "running" else "1"
-            self._acquire(
-                keys=[Keys.claim(cid, tid), okeys, wkey],
-                args=[tid, old or b"", new, ttl_s, count],
-                client=pipe,
+            calls.append(
+                (self._acquire, [Keys.claim(cid, tid), okeys, wkey], [tid, old or b"", new, ttl_s, count])
             )
-        codes = pipe.execute()
+        codes = self._evalshas(calls)
         return {tid: (int(code), news[tid]) for tid, code in zip(entries, codes, strict=True)}
 
     def swap(
@@ -164,12 +183,12 @@ class Claims:
         """
         if not entries:
             return {}
-        pipe = self.r.pipeline(transaction=False)
         news: dict[str, bytes] = {}
+        calls = []
         for tid, (old, claim) in entries.items():
             news[tid] = new = claim.dump()
-            self._swap(keys=[Keys.claim(cid, tid)], args=[old, new, ttl_s], client=pipe)
-        codes = pipe.execute()
+            calls.append((self._swap, [Keys.claim(cid, tid)], [old, new, ttl_s]))
+        codes = self._evalshas(calls)
         return {tid: (news[tid] if int(c) else None) for tid, c in zip(entries, codes, strict=True)}
 
     def commit(
@@ -182,15 +201,12 @@ class Claims:
         """
         if not entries:
             return {}
-        pipe = self.r.pipeline(transaction=False)
         okeys = Keys.outcomes(cid)
-        for tid, (old, outcome, settled) in entries.items():
-            self._commit(
-                keys=[Keys.claim(cid, tid), okeys],
-                args=[old, tid, outcome, settled.dump(), ttl_s],
-                client=pipe,
-            )
-        codes = pipe.execute()
+        calls = [
+            (self._commit, [Keys.claim(cid, tid), okeys], [old, tid, outcome, done.dump(), ttl_s])
+            for tid, (old, outcome, done) in entries.items()
+        ]
+        codes = self._evalshas(calls)
         return {tid: bool(int(c)) for tid, c in zip(entries, codes, strict=True)}
 
 

@@ -329,3 +329,13 @@ def test_file_write_rollback_never_undoes_a_newer_writers_bytes(tmp_path: Path) 
     target.write_text("mine")  # still what this task wrote: the rollback restores the old bytes
     c.rollback(args, undo, ctx)
     assert target.read_text() == "old"
+
+
+def test_claim_scripts_are_loaded_again_after_redis_forgot_them(store: Store) -> None:
+    """A restarted Redis has no scripts: the pipelined EVALSHA gets NOSCRIPT, loads and resends."""
+    claims = Claims(store.r)
+    c = Claim(worker="w1", attempt=1, started_at=1.0)
+    store.r.script_flush()
+    assert claims.acquire(CID, 1, {"t1": (None, c)}, 60)["t1"][0] == 1
+    store.r.script_flush()
+    assert claims.swap(CID, {"t1": (c.dump(), c.model_copy(update={"heartbeat": 2.0}))}, 60)["t1"] is not None
