@@ -36,7 +36,14 @@ from buddy.models import AgentSpec, Mode, Strategy, agent_queue
 from buddy.plan import CampaignPlan, build_plan, summary_table
 from buddy.state import Store
 from buddy.tools.registry import ToolRegistry
-from buddy.transport import DEFAULT_REDIS_URL, check_redis, redact_url, redis_client
+from buddy.transport import (
+    DEFAULT_REDIS_URL,
+    BrokerUnavailable,
+    check_broker,
+    check_redis,
+    redact_url,
+    redis_client,
+)
 
 if TYPE_CHECKING:
     from buddy.coordinator import CampaignOptions
@@ -189,6 +196,14 @@ WorkdirOpt = Annotated[
     Path | None, typer.Option("--workdir", help="Where relative paths in tool args resolve. Default: cwd.")
 ]
 RedisOpt = Annotated[str | None, typer.Option("--redis-url", help="Default: BUDDY_REDIS_URL.")]
+BrokerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--broker-url",
+        help="Celery broker when not the Redis, e.g. amqp://USER:PASSWORD@host:5672/VHOST (RabbitMQ). "
+        "Default: BUDDY_BROKER_URL.",
+    ),
+]
 RootOpt = Annotated[
     Path | None,
     typer.Option(
@@ -204,6 +219,8 @@ def _set_root(root: Path | None) -> str | None:
         os.environ["BUDDY_FILE_ROOT"] = str(root.expanduser().resolve())
         get_settings.cache_clear()
     return get_settings().file_root
+
+
 ConflictOpt = Annotated[
     list[str] | None,
     typer.Option("--conflict", help="TYPE=RESOLUTION, e.g. write_write=priority (repeatable; see README)."),
@@ -279,6 +296,7 @@ def run(
             "--redis-url", help="Redis of the fleet. Default: BUDDY_REDIS_URL, else an embedded Redis."
         ),
     ] = None,
+    broker_url: BrokerOpt = None,
     local_workers: Annotated[
         int | None,
         typer.Option(
@@ -382,6 +400,7 @@ def run(
     """Run a plan as a wave campaign and write its outputs."""
     from buddy.coordinator import CampaignOptions, new_campaign_id
 
+    _set_broker(broker_url)
     try:
         file_root = _set_root(root)
         settings = get_settings()
@@ -463,6 +482,7 @@ def _execute(
     from buddy.transport import make_dispatcher
 
     settings = get_settings()
+    _probe_broker(settings.broker_url)  # before the embedded Redis and the local workers start
     out_root = options.out_dir or Path("outputs") / str(options.campaign_id)
     embedded: EmbeddedRedis | None = None
     fleet: LocalFleet | None = None
@@ -653,6 +673,7 @@ def worker(
         str | None, typer.Option("--name", "-n", help="Worker node name (default <agents>@host).")
     ] = None,
     redis_url: Annotated[str | None, typer.Option("--redis-url", help="Default: BUDDY_REDIS_URL.")] = None,
+    broker_url: BrokerOpt = None,
     tools: ToolsOpt = None,
     loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO",
     local: Annotated[
@@ -683,6 +704,7 @@ def worker(
         _fail("--pool must be prefork, threads or solo")
     if redis_url:
         os.environ["BUDDY_REDIS_URL"] = redis_url
+    _set_broker(broker_url)
     if tools:
         os.environ["BUDDY_TOOLS"] = ",".join([*get_settings().tools, *_split(tools)])
     if inject_failure_rate is not None:
@@ -690,6 +712,7 @@ def worker(
     _set_root(root)
     get_settings.cache_clear()
     _redis_url(None)  # a wrong URL or password: exit 3 now, not after Celery's 100 retries
+    _probe_broker(get_settings().broker_url)
     try:
         from buddy.tools.registry import default_registry
 
@@ -764,6 +787,28 @@ def _probe(url: str) -> None:
         # unwrapped, so the URL and the fix can be copied whole
         err.print(str(e), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_ABORTED if isinstance(e, RedisUnavailable) else EXIT_INVALID) from None
+
+
+def _set_broker(broker_url: str | None) -> None:
+    """``--broker-url``: becomes ``BUDDY_BROKER_URL`` of this process, so the coordinator's app,
+    :class:`buddy.fleet.LocalFleet`'s workers (they inherit the environment) and Celery agree."""
+    if broker_url:
+        os.environ["BUDDY_BROKER_URL"] = broker_url
+        get_settings.cache_clear()
+
+
+def _probe_broker(url: str | None) -> None:
+    """Connect once to the broker ``url`` (``BUDDY_BROKER_URL``; None: the broker is the Redis,
+    probed by :func:`_probe`) within ``BUDDY_CONNECT_TIMEOUT_S`` seconds, without retries
+    (:func:`buddy.transport.check_broker`). On failure print the redacted URL, what happened and
+    the fix, and exit 3 (2 for a URL that is not a broker URL)."""
+    if not url:
+        return
+    try:
+        check_broker(url, get_settings().connect_timeout_s)
+    except (BrokerUnavailable, RedisUnavailable, ConfigError) as e:
+        err.print(str(e), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INVALID if isinstance(e, ConfigError) else EXIT_ABORTED) from None
 
 
 def _redis_url(redis_url: str | None) -> str:

@@ -25,7 +25,9 @@ class LocalFleet:
     """Start ``workers_per_agent`` worker processes per agent against ``redis_url``.
 
     ``env`` adds variables (allow-lists, tool modules) to each worker's environment;
-    ``log_dir`` receives one log file per worker (default: discard).
+    ``broker_url`` becomes their ``BUDDY_BROKER_URL`` (default: the one this process has, if
+    any; else the broker is ``redis_url``); ``log_dir`` receives one log file per worker
+    (default: discard).
     """
 
     def __init__(
@@ -38,8 +40,10 @@ class LocalFleet:
         env: Mapping[str, str] | None = None,
         log_dir: Path | None = None,
         extra_args: Sequence[str] = (),
+        broker_url: str | None = None,
     ) -> None:
         self.redis_url = redis_url
+        self.broker_url = broker_url
         self.agents = list(agents)
         self.workers_per_agent = workers_per_agent
         self.pool = pool
@@ -50,6 +54,8 @@ class LocalFleet:
 
     def start(self) -> LocalFleet:
         env = {**os.environ, **self.env, "BUDDY_REDIS_URL": self.redis_url}
+        if self.broker_url:
+            env["BUDDY_BROKER_URL"] = self.broker_url
         for spec in self.agents:
             for i in range(self.workers_per_agent):
                 argv = [

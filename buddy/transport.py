@@ -24,14 +24,40 @@ Configuration and where each comes from (Celery settings):
 - task events on, so Flower shows the fleet.
 - ``result_backend_always_retry``: a result write during a Redis restart is retried (up to
   30 times) instead of failing the task, and so the chord.
+
+The broker is ``BUDDY_BROKER_URL`` when it is set (:func:`broker_url_of`), else the state
+Redis; the result backend and all of Buddy's state stay on the Redis in both cases. With an
+AMQP broker (RabbitMQ: ``amqp://``, ``amqps://``, ``pyamqp://``, :func:`amqp_settings`) the
+Redis-only transport options above are not set, and instead:
+
+- ``task_default_queue_type`` / ``task_create_missing_queue_type`` ``quorum`` (Celery ≥ 5.5):
+  ``buddy.coordinator`` and the agent queues (created from their names, ``-Q`` and
+  ``queue=``) are durable quorum queues, replicated on a RabbitMQ cluster. Celery then turns
+  global QoS off (``worker_detect_quorum_queues``: quorum queues have none), so the prefetch
+  is per consumer: ``worker_prefetch_multiplier`` 1 still holds.
+- ``task_default_exchange_type`` / ``task_create_missing_queue_exchange_type`` ``topic`` and
+  ``broker_native_delayed_delivery_queue_type`` ``quorum``: a countdown (the retries'
+  backoff, ``self.retry(countdown=...)``) goes through RabbitMQ's native delayed delivery
+  (the ``celery_delayed_*`` queues the workers declare) instead of a worker holding the
+  message; it needs topic exchanges, whole seconds (:class:`WholeSecondCelery`) and the
+  retry routed back to its agent queue (``task_routes``: :func:`route_batch_retries`).
+- ``broker_transport_options`` ``confirm_publish``: publisher confirms (py-amqp waits for the
+  broker's ``basic.ack``; a nack raises instead of losing the message).
+- ``worker_cancel_long_running_tasks_on_connection_loss`` off: after a lost connection the
+  running attempt finishes; RabbitMQ requeues its message and the second delivery waits on
+  the task's claim, so the work is not done twice.
+- ``broker_use_ssl`` for ``amqps://``: the server's certificate and host name are checked
+  against the system CAs, or the ``ssl_ca_certs`` file named in the URL's query.
 """
 
 from __future__ import annotations
 
+import math
 import socket
 import ssl
 import threading
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import redis
 from celery import Celery
@@ -39,9 +65,9 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from buddy.config import Settings, get_settings
-from buddy.errors import ConfigError, RedisFault, RedisUnavailable
+from buddy.errors import ConfigError, InfrastructureError, RedisFault, RedisUnavailable
 from buddy.logs import redact_secrets
-from buddy.models import COORDINATOR_QUEUE
+from buddy.models import COORDINATOR_QUEUE, agent_queue
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -276,12 +302,245 @@ def _example(scheme: str) -> str:
     return f"{scheme or 'redis'}://[:PASSWORD@]host:6379/0"
 
 
+#: URL schemes of an AMQP broker (RabbitMQ through kombu's py-amqp transport).
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
+#: URL schemes of a Redis (``unix://`` is Buddy's spelling of ``redis+socket://``).
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+socket"})
+
+
+def broker_url_of(redis_url: str, settings: Settings) -> str:
+    """The broker's URL: ``BUDDY_BROKER_URL`` when set, else the state Redis ``redis_url``."""
+    return settings.broker_url or redis_url
+
+
+def is_amqp(url: str) -> bool:
+    """True for an AMQP (RabbitMQ) broker URL: ``amqp://``, ``amqps://`` or ``pyamqp://``."""
+    return urlsplit(url).scheme.lower() in AMQP_SCHEMES
+
+
+def broker_kind(url: str) -> str:
+    """``"amqp"`` or ``"redis"`` for a broker URL; raises :class:`ConfigError` for any other."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in AMQP_SCHEMES:
+        return "amqp"
+    if scheme in REDIS_SCHEMES:
+        return "redis"
+    raise ConfigError(
+        f"bad broker URL {redact_url(url)}: use amqp://USER:PASSWORD@host:5672/VHOST (RabbitMQ), "
+        "amqps:// for TLS, or a redis:// URL (BUDDY_BROKER_URL, --broker-url)"
+    )
+
+
+def amqp_connection_url(url: str) -> str:
+    """``url`` without its query: kombu would read ``ssl_*`` keys there as py-amqp TLS options
+    under Redis's names; :func:`amqp_tls` reads them instead."""
+    return urlunsplit(urlsplit(url)._replace(query=""))
+
+
+def amqp_tls(url: str) -> dict[str, Any] | bool:
+    """Celery's ``broker_use_ssl`` for an AMQP ``url``: False for ``amqp://``; for ``amqps://`` a
+    TLS context that checks the server's certificate and host name (py-amqp's ``context`` options
+    of :func:`ssl.create_default_context`: the system CAs, or ``ssl_ca_certs`` from the URL's query).
+    """
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "amqps":
+        return False
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    context: dict[str, Any] = {"check_hostname": True}
+    if query.get("ssl_ca_certs"):
+        context["cafile"] = query["ssl_ca_certs"]
+    # server_hostname None: kombu puts the URL's host name there (SNI and the host name check)
+    return {"context": context, "server_hostname": None}
+
+
+def route_batch_retries(
+    name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **_: Any
+) -> dict[str, str] | None:
+    """Celery router (``task_routes``) of an AMQP broker: a ``buddy.execute_batch`` sent without
+    a queue (its retry: ``self.retry`` copies the delivery's exchange and routing key, not the
+    queue) goes to its agent's queue (``kwargs['agent_id']``).
+
+    Without it Celery routes the retry to the default queue (``buddy.coordinator``) as soon as
+    the countdown takes the native delayed delivery path, which reads the queue's routing key.
+    An explicit ``queue=`` (every first send) is kept: Celery merges it over this route.
+    """
+    if name != EXECUTE_TASK or not isinstance(kwargs, dict):
+        return None
+    agent = kwargs.get("agent_id")
+    return {"queue": agent_queue(agent)} if isinstance(agent, str) and agent else None
+
+
+class WholeSecondCelery(Celery):
+    """The Celery app of an AMQP broker: a countdown is rounded up to whole seconds.
+
+    Celery's native delayed delivery (quorum queues) encodes the delay in whole seconds in the
+    routing key and raises ``ValueError`` for ``0 < countdown < 1`` (``int(countdown)`` is 0);
+    a retry's backoff is often a fraction of a second (0.5 s first). Rounding up never
+    shortens a backoff.
+    """
+
+    def send_task(self, name: str, *args: Any, countdown: float | None = None, **options: Any) -> Any:
+        if countdown is not None and countdown > 0:
+            countdown = math.ceil(countdown)
+        return super().send_task(name, *args, countdown=countdown, **options)
+
+
+def amqp_settings(url: str) -> dict[str, Any]:
+    """The Celery settings of an AMQP broker at ``url`` (see the module docstring)."""
+    return {
+        # quorum queues: durable, replicated; agent queues and buddy.coordinator alike
+        "task_default_queue_type": "quorum",
+        "task_create_missing_queue_type": "quorum",
+        # native delayed delivery (countdowns) routes through topic exchanges only
+        "task_default_exchange_type": "topic",
+        "task_create_missing_queue_exchange_type": "topic",
+        "broker_native_delayed_delivery_queue_type": "quorum",
+        "task_routes": ["buddy.transport.route_batch_retries"],
+        # per-consumer prefetch (quorum queues have no global QoS); Celery's default, made explicit
+        "worker_detect_quorum_queues": True,
+        "broker_transport_options": {"confirm_publish": True},
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "broker_use_ssl": amqp_tls(url),
+    }
+
+
+class BrokerUnavailable(InfrastructureError):
+    """Raised when a first connection to an AMQP broker fails (:func:`check_broker`).
+
+    Like :class:`RedisUnavailable`: ``url`` is redacted, ``kind`` classifies the fault (a
+    :data:`RedisFault` value, ``"vhost"`` added), ``reason`` and ``fix`` are for the operator;
+    ``str(err)`` never holds a password. The CLI exits 3 on it.
+    """
+
+    def __init__(self, url: str, kind: str, reason: str, fix: str) -> None:
+        self.url, self.kind, self.reason, self.fix = url, kind, reason, fix
+        super().__init__(f"cannot reach the broker at {url}: {reason}\nfix: {fix}")
+
+    def __reduce__(self) -> tuple[type[BrokerUnavailable], tuple[str, str, str, str]]:
+        return type(self), (self.url, self.kind, self.reason, self.fix)
+
+
+def check_broker(url: str, timeout_s: float) -> None:
+    """Check that the broker at ``url`` (``BUDDY_BROKER_URL``) accepts a connection: one AMQP
+    handshake (login and virtual host included) without retries, within ``timeout_s`` seconds
+    (``BUDDY_CONNECT_TIMEOUT_S``); a Redis URL is :func:`check_redis`'s.
+
+    Raises :class:`BrokerUnavailable` (or :class:`RedisUnavailable`) with the redacted URL, what
+    happened and the fix: refused, unknown host, login refused, no such virtual host or no
+    access to it, TLS failure, no answer. Raises :class:`ConfigError` for a URL that is not a
+    broker URL.
+    """
+    if broker_kind(url) == "redis":
+        check_redis(url, timeout_s)
+        return
+    from kombu import Connection
+
+    shown = redact_url(url)
+    try:
+        conn = Connection(amqp_connection_url(url), connect_timeout=timeout_s, ssl=amqp_tls(url))
+    except ValueError as e:  # e.g. a port that is not a number
+        raise ConfigError(f"bad broker URL {shown}: {redact_secrets(str(e))}") from None
+    done: list[BaseException | None] = []
+
+    def connect() -> None:
+        try:
+            conn.ensure_connection(max_retries=0)
+            done.append(None)
+        except BaseException as e:  # handed to the caller's thread
+            done.append(e)
+        finally:
+            conn.release()
+
+    probe = threading.Thread(target=connect, name="buddy-broker-probe", daemon=True)
+    probe.start()
+    probe.join(timeout_s)
+    if not done:
+        raise BrokerUnavailable(
+            shown,
+            "timeout",
+            f"no answer within {timeout_s:g} s",
+            "check the host and the port (5672, 5671 for amqps://) and any firewall in between; "
+            "BUDDY_CONNECT_TIMEOUT_S sets the wait",
+        )
+    error = done[0]
+    if error is None:
+        return
+    if not isinstance(error, Exception):
+        raise error
+    raise BrokerUnavailable(shown, *_broker_advice(url, error)) from None
+
+
+def _broker_advice(url: str, error: Exception) -> tuple[str, str, str]:
+    """``(kind, reason, fix)`` for the ``error`` a first AMQP connection to ``url`` raised."""
+    parts = urlsplit(url)
+    cause = error.__cause__ or error.__context__ or error
+    text = redact_secrets(str(getattr(error, "reply_text", None) or error)).rstrip(".")
+    low = text.lower()
+    where = f"{parts.hostname or '?'}:{parts.port or (5671 if parts.scheme == 'amqps' else 5672)}"
+    vhost = parts.path[1:] or "/"
+    fix_url = "in BUDDY_BROKER_URL (or --broker-url)"
+    code = getattr(error, "reply_code", None)  # py-amqp's AMQPError: the broker's reply code
+    if code == 403:  # ACCESS_REFUSED: the login
+        return (
+            "auth",
+            f"the broker refused the login ({text})",
+            f"put the right user and password in the URL: amqp://USER:PASSWORD@{where}/{vhost}, {fix_url}; "
+            "RabbitMQ's guest user may log in from localhost only",
+        )
+    if code == 530:  # NOT_ALLOWED: no such virtual host, or the user may not use it
+        return (
+            "vhost",
+            f"no access to the virtual host {vhost!r} ({text})",
+            f"create it and let the user in: rabbitmqctl add_vhost {vhost}; rabbitmqctl set_permissions "
+            f"-p {vhost} USER '.*' '.*' '.*' (or name another virtual host {fix_url})",
+        )
+    if isinstance(cause, socket.gaierror) or "name or service not known" in low:
+        return (
+            "unknown_host",
+            f"unknown host {parts.hostname or '?'!r} ({text})",
+            f"check the host name {fix_url}",
+        )
+    if isinstance(cause, ConnectionRefusedError) or "connection refused" in low:
+        return (
+            "refused",
+            f"connection refused: nothing listens on {where}",
+            "start RabbitMQ there, or point BUDDY_BROKER_URL (--broker-url) at the fleet's broker",
+        )
+    if isinstance(cause, ssl.SSLError):
+        return (
+            "tls",
+            f"the TLS handshake failed ({text})",
+            "use amqps:// only for a TLS listener (5671), amqp:// otherwise; name the CA that signed the "
+            "server's certificate with ?ssl_ca_certs=/path/to/ca.pem",
+        )
+    if isinstance(cause, (TimeoutError, socket.timeout)):
+        return (
+            "timeout",
+            f"no AMQP answer from {where} ({text})",
+            f"check the port {fix_url} (RabbitMQ listens on 5672, 5671 with TLS)",
+        )
+    return "other", text, f"check the URL {fix_url} and that RabbitMQ runs there"
+
+
 def make_celery(url: str | None = None, settings: Settings | None = None) -> Celery:
-    """A Celery app on the Redis at ``url`` (default ``BUDDY_REDIS_URL``, else localhost:6379)."""
+    """A Celery app whose results (and Buddy's state) are on the Redis at ``url`` (default
+    ``BUDDY_REDIS_URL``, else localhost:6379) and whose broker is ``BUDDY_BROKER_URL`` when set
+    (RabbitMQ: :func:`amqp_settings`), else that same Redis.
+
+    Raises :class:`ConfigError` for a ``BUDDY_BROKER_URL`` that is neither AMQP nor Redis.
+    """
     settings = settings or get_settings()
     url = url or settings.redis_url or DEFAULT_REDIS_URL
     curl = celery_url(url)
-    app = Celery("buddy", broker=curl, backend=curl, set_as_current=False)
+    broker = broker_url_of(url, settings)
+    amqp = broker_kind(broker) == "amqp"
+    cls = WholeSecondCelery if amqp else Celery
+    app = cls(
+        "buddy",
+        broker=amqp_connection_url(broker) if amqp else celery_url(broker),
+        backend=curl,
+        set_as_current=False,
+    )
     vt = settings.visibility_timeout_s
     transport_opts = {
         "visibility_timeout": vt,
@@ -314,9 +573,13 @@ def make_celery(url: str | None = None, settings: Settings | None = None) -> Cel
         enable_utc=True,
         timezone="UTC",
     )
-    from buddy.security import apply_security
+    from buddy.security import apply_security, tls_settings
 
-    apply_security(app, url, settings)
+    apply_security(app, url, settings)  # TLS of the state Redis (backend), signing
+    if amqp:  # after apply_security: its broker_use_ssl is for a rediss:// broker
+        app.conf.update(amqp_settings(broker))
+    elif broker != url:  # another Redis as broker: its own TLS settings
+        app.conf.broker_use_ssl = tls_settings(broker).get("broker_use_ssl", False)
     return app
 
 
