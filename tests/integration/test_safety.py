@@ -206,7 +206,8 @@ def test_lock_is_honoured_by_a_running_campaign(
     plan = write_plan(
         tmp_path / "plan.jsonl",
         [
-            {"task_id": "slow", "tool": "sleep", "args": {"seconds": 2}},
+            # long enough for `buddy lock` (a process of its own) to land while wave 1 runs
+            {"task_id": "slow", "tool": "sleep", "args": {"seconds": 8}},
             {
                 "task_id": "write",
                 "tool": "file.write",
