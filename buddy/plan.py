@@ -8,6 +8,14 @@ dispatched (DESIGN.md, "Validate the whole plan before the first dispatch") and 
 :class:`~buddy.errors.PlanError` holding every problem as ``FILE:LINE: message`` (at most
 :data:`MAX_ERRORS`, then ``… and N more errors``).
 
+Lines are read strictly, since what a lenient reader lets through reaches the workers: the
+plan and the schedule must be regular files (``FILE: not a regular file (a FIFO)``: a FIFO or
+a device would hang the read); each line strict JSON (no ``NaN`` / ``Infinity``, no number
+beyond a 64-bit float, no key twice in one object at any depth: ``duplicate key "tool"``),
+nested at most :data:`MAX_JSON_DEPTH` levels (``args nested deeper than 32 levels``); fields
+within their bounds (:class:`~buddy.models.PlanTask`). A cheap screen passes the usual line
+to the fast path (:func:`_screen`); only a line it is not sure of gets the exact check.
+
 Waves are laid out by :mod:`buddy.layering`, each wave's tasks assigned to agents by
 :mod:`buddy.assignment` (each module's docstring states its rules).
 """
@@ -311,31 +319,37 @@ def _json_type(value: Any) -> str:
 # lenient where it hurts later: pydantic reads ``NaN``, ``Infinity`` and ``1e400``, neither
 # sees a key given twice (the last one wins: ``{"tool": "noop", …, "tool": "file.delete"}``
 # runs ``file.delete``), and nesting is only bounded by their recursion limits. So every line
-# first passes :func:`_screen`, and the rare line it is not sure of :func:`_json_problems`.
+# first passes a cheap screen (:func:`_screen`; a plan line :func:`_plain_json`, and the depth
+# of its args when it holds many brackets), and the rare line it is not sure of the exact
+# check, :func:`_json_problems`.
 
 
 def _screen(text: bytes) -> bool:
     """True when a plan or schedule line certainly has none of the problems that
-    :func:`_json_problems` reports; False means "look closer", not "bad". Costs one orjson
-    round trip (about a microsecond for a usual line).
+    :func:`_json_problems` reports; False means "look closer", not "bad": at most
+    :data:`MAX_JSON_DEPTH` ``{`` and ``[`` in the whole line (so it cannot nest deeper;
+    brackets in strings only make the count too high), and :func:`_plain_json`."""
+    return text.count(b"{") + text.count(b"[") <= MAX_JSON_DEPTH and _plain_json(text)
 
-    - nesting: at most :data:`MAX_JSON_DEPTH` ``{`` and ``[`` in the whole line (brackets in
-      strings only make the count too high);
-    - syntax and numbers: orjson reads the line (it refuses ``NaN``, ``Infinity`` and numbers
-      beyond a 64-bit float);
-    - duplicate keys: written back by orjson, each object keeps one ``key: value`` pair per
-      distinct key, and each pair has one ``:`` outside strings, while every string keeps
-      its colons (orjson writes ``:`` as it is, and no escape but ``\\u003a`` stands for one:
-      a line holding that takes the slow path). So the line and its copy hold as many
-      colons exactly when no pair was dropped, that is when no object repeats a key.
+
+def _plain_json(text: bytes) -> bool:
+    """True when orjson reads a line (so it holds no ``NaN``, ``Infinity`` or number beyond a
+    64-bit float) and no object of it repeats a key, at the cost of one orjson round trip
+    and two byte counts at most (2-3 µs for a usual line, about 0.3 s for 100 000).
+
+    Written back by orjson, each object keeps one ``key: value`` pair per distinct key. A
+    line written compactly (``json.dumps(..., separators=(",", ":"))``, orjson) comes back
+    byte for byte unless a pair was dropped. Otherwise, count colons: each pair has one
+    ``:`` outside strings, and every string keeps its colons (orjson writes ``:`` as it
+    is, and no escape but ``\\u003a`` stands for one: a line holding that is not called
+    plain). So the line and its copy hold as many colons exactly when no pair was dropped,
+    that is when no object repeats a key.
     """
-    if text.count(b"{") + text.count(b"[") > MAX_JSON_DEPTH or b"\\u003" in text:
-        return False
     try:
         again = orjson.dumps(_json_loads(text))
     except (ValueError, TypeError):  # orjson.JSONDecodeError, orjson.JSONEncodeError
         return False
-    return again.count(b":") == text.count(b":")
+    return again == text or (b"\\u003" not in text and again.count(b":") == text.count(b":"))
 
 
 def _json_problems(text: bytes) -> tuple[list[str], Any]:
@@ -361,6 +375,8 @@ def _json_problems(text: bytes) -> tuple[list[str], Any]:
     deep = _deep_key(value)
     if deep is not None:
         return [_nested(deep)], value
+    if _plain_json(text):  # no repeated key: spare the slower search for one
+        return [], value
     return [f"duplicate key {_quote(key)}" for key in _duplicate_keys(text)], value
 
 
@@ -392,26 +408,26 @@ def _quote(key: str) -> str:
 
 def _deep_key(value: Any) -> str | None:
     """The top-level key under which a parsed line nests deeper than :data:`MAX_JSON_DEPTH`
-    (``""`` when the line is not an object), or None when it does not. Iterative: the value
-    may be nested up to orjson's own limit (1024)."""
-    if isinstance(value, dict):
-        roots, start = list(value.items()), 2
-    else:
-        roots, start = [("", value)], 1
-    for key, root in roots:
-        stack = [(root, start)]
-        while stack:
-            node, depth = stack.pop()
-            if isinstance(node, dict):
-                children: Iterable[Any] = node.values()
-            elif isinstance(node, list):
-                children = node
-            else:
-                continue
-            if depth > MAX_JSON_DEPTH:
-                return key
-            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return None
+    (``""`` when the line is not an object), or None when it does not."""
+    if not isinstance(value, dict):
+        return "" if _levels(value) > MAX_JSON_DEPTH else None
+    return next((key for key, v in value.items() if 1 + _levels(v) > MAX_JSON_DEPTH), None)
+
+
+def _levels(value: Any) -> int:
+    """How many levels of objects and arrays ``value`` has (0 for a scalar, 1 for ``[1]``),
+    counted up to ``MAX_JSON_DEPTH + 1``. Level by level, without recursion: a parsed line
+    may nest up to orjson's own limit (1024)."""
+    level = [value] if isinstance(value, (dict, list)) else []
+    depth = 0
+    while level and depth <= MAX_JSON_DEPTH:
+        depth += 1
+        below: list[Any] = []
+        for node in level:
+            children = node.values() if isinstance(node, dict) else node
+            below += [c for c in children if isinstance(c, (dict, list))]
+        level = below
+    return depth
 
 
 _STRUCTURE = re.compile(rb'[\[\]{}"\\]')
@@ -546,27 +562,40 @@ def _parse_plan(
                 errors.add(number, msg)
             return None
 
+    def refused(text: bytes, number: int) -> bool:
+        """Whether the exact check finds a line unacceptable as JSON (its errors recorded)."""
+        problems, value = _json_problems(text)
+        for msg in problems:
+            errors.add(number, msg)
+        if problems:
+            _note_broken(value, number, errors, parsed)
+        return bool(problems)
+
     any_line = False
     for number, raw in enumerate(data.removeprefix(_BOM).split(b"\n"), 1):
         text = raw.strip()
         if not text or text.startswith(b"#"):
             continue
         any_line = True
-        if not _screen(text):  # maybe NaN, a repeated key, deep nesting: look closer
-            problems, value = _json_problems(text)
-            if problems:
-                for msg in problems:
-                    errors.add(number, msg)
-                _note_broken(value, number, errors, parsed)
-                continue
+        # Only a line of more than MAX_JSON_DEPTH brackets can nest too deep, and in a valid
+        # task only args nest freely: such a line's args are measured, not every line.
+        many = text.count(b"{") + text.count(b"[") > MAX_JSON_DEPTH
+        if not _plain_json(text) and refused(text, number):  # NaN, a repeated key, …?
+            continue
         task: PlanTask | None
         try:  # the fast path: a good line straight from its bytes
             task = from_json(text, strict=True)
         except ValidationError:  # the slow path finds out what is wrong
+            if many and refused(text, number):  # too deep for pydantic's reader, maybe
+                continue
             task = _broken_line(text, number, fill, errors, parsed, contract_of, args_of)
             if task is None:
                 continue
         else:
+            if many and 1 + _levels(task.args) > MAX_JSON_DEPTH:  # the line's object is level 1
+                errors.add(number, _nested("args"))
+                _note_broken({"task_id": task.task_id}, number, errors, parsed)
+                continue
             if fill:
                 for key in fill.keys() - task.model_fields_set:
                     setattr(task, key, fill[key])
@@ -685,7 +714,9 @@ def load_plan(
     Returns ``(tasks, lines, errors)``: the lines that are valid :class:`PlanTask` records
     with a new task id, in plan order (their tool or args may still be in ``errors``); task
     id → line number; and every problem found as ``FILE:LINE: message``, sorted by line and
-    not capped. Checks each line alone: JSON, fields (``defaults`` fill the priority,
+    not capped. Checks the file (a regular file) and each line alone: strict JSON (no
+    ``NaN`` / ``Infinity`` or number beyond a 64-bit float, no repeated key, nesting up to
+    :data:`MAX_JSON_DEPTH`), fields and their bounds (``defaults`` fill the priority,
     predicted_success and confidence a line leaves out), duplicate ids, the tool (in
     ``registry``) and its arguments. Dependencies, waves and agents are checked by
     :func:`build_plan`.
@@ -730,8 +761,10 @@ def _parse_schedule(path: Path, errors: FileErrors) -> tuple[list[tuple[int, Sch
 def load_schedule(path: Path) -> tuple[list[tuple[int, ScheduleEntry]], list[str]]:
     """Read a schedule file: ``([(line, entry), ...], errors)``, without raising.
 
-    Errors (``FILE:LINE: message``, sorted by line): unreadable file, bad JSON, a bad field,
-    a task scheduled twice. Whether each task exists is checked by :func:`build_plan`.
+    Errors (``FILE:LINE: message``, sorted by line): unreadable file or not a regular
+    file, JSON that is not strict (as for a plan line: ``NaN``, a repeated key, nesting past
+    :data:`MAX_JSON_DEPTH`), a bad field (``wave`` out of 1..``MAX_WAVE``), a task scheduled
+    twice. Whether each task exists is checked by :func:`build_plan`.
     """
     errors = FileErrors(path)
     entries, _ = _parse_schedule(Path(path), errors)
@@ -809,10 +842,11 @@ def build_plan(
     ``confidence`` strategy.
 
     Raises :class:`PlanError` listing every problem of the plan and the schedule
-    (``FILE:LINE: message``, capped at :data:`MAX_ERRORS`): each line's JSON, fields, tool
-    and args; duplicate ids; unknown or self dependencies; cycles; explicit waves not after
-    their dependencies; pins to missing agents or agents without the tool; tools no agent
-    offers; schedule lines naming unknown tasks or a task twice; an empty or unreadable file.
+    (``FILE:LINE: message``, capped at :data:`MAX_ERRORS`): each line's JSON (strict: see
+    the module docstring), fields, tool and args; duplicate ids; unknown or self
+    dependencies; cycles; explicit waves not after their dependencies; pins to missing agents
+    or agents without the tool; tools no agent offers; schedule lines naming unknown tasks or
+    a task twice; an empty or unreadable file, or one that is not a regular file.
     """
     with gc_paused():
         return _build(

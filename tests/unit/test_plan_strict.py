@@ -109,7 +109,7 @@ def test_args_nested_up_to_the_limit_pass_and_serialize(tmp_path: Path, reg: Too
     resolve(plan, reg, ConflictPolicy())
 
 
-@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH - 1, 300, 1000, 5000])
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH - 1, 100, 250, 300, 1000, 5000])
 def test_args_nested_deeper_than_the_limit_are_an_error(
     tmp_path: Path, reg: ToolRegistry, depth: int
 ) -> None:
