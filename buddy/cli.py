@@ -728,7 +728,11 @@ def worker(
         argv += ["-c", str(concurrency)]
     if local:  # a private fleet has no neighbours to sync revokes with: start 1 s sooner
         argv += ["--without-mingle", "--without-gossip"]
-    celery_app.worker_main(argv)
+    # Celery.worker_main drops the worker's exit code (an "Unrecoverable error" would exit 0 and
+    # a supervisor restarting on failure only would leave the agent without a worker)
+    code = celery_app.start(argv)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("tools")
