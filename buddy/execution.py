@@ -127,14 +127,26 @@ class Executor:
         self.held = HeldClaims(self.claims, ttl_s=claim_ttl_s, renew_s=renew_s, clock=clock)
 
     def run_batch(
-        self, campaign_id: str, wave: int, agent_id: str, specs: list[TaskSpec], *, delivery: str = ""
+        self,
+        campaign_id: str,
+        wave: int,
+        agent_id: str,
+        specs: list[TaskSpec],
+        *,
+        delivery: str = "",
+        digests: list[str] | None = None,
     ) -> BatchResult:
-        """Run ``specs`` (tasks of one agent in one wave) and record their outcomes in Redis."""
+        """Run ``specs`` (tasks of one agent in one wave) and record their outcomes in Redis.
+
+        ``digests``: :func:`~buddy.state.spec_digest` of each spec's item as the message carried
+        it (computed from ``specs`` when not given). Retried specs come back in ``res.retry``
+        as they were sent, so their retry matches the dispatch record too."""
         res = BatchResult()
         if not specs:
             return res
-        batch = self.store.begin_batch(campaign_id, [s.task_id for s in specs])
-        specs = self._authorized(campaign_id, wave, agent_id, specs, batch, res)
+        sent = {s.task_id: s for s in specs}
+        batch = self.store.begin_batch(campaign_id, list(sent))
+        specs = self._authorized(campaign_id, wave, agent_id, specs, batch, res, digests)
         pending: list[Outcome] = []
         flushed: list[Run] = []
         runs: list[Run] = []
@@ -179,7 +191,7 @@ class Executor:
                         run, TaskStatus.QUEUED, f"retry in {retry_after:.2f} s after {last.error_type}"
                     )
                     retries.append(run)
-                    res.retry.append(run.spec)
+                    res.retry.append(sent[tid])  # as sent: a lock's mock copy would not match
                     res.retry_delay_s = max(res.retry_delay_s, retry_after)
                     continue
                 run.outcome = outcome
@@ -196,7 +208,14 @@ class Executor:
     # -- what may run ----------------------------------------------------------------------
 
     def _authorized(
-        self, cid: str, wave: int, agent_id: str, specs: list[TaskSpec], batch: BatchState, res: BatchResult
+        self,
+        cid: str,
+        wave: int,
+        agent_id: str,
+        specs: list[TaskSpec],
+        batch: BatchState,
+        res: BatchResult,
+        digests: list[str] | None,
     ) -> list[TaskSpec]:
         """The specs the coordinator dispatched in this wave, as sent; the rest go to ``on_refused``."""
         if batch.campaign_status != "running":
@@ -209,10 +228,10 @@ class Executor:
             return []
         kept: list[TaskSpec] = []
         refused: list[TaskSpec] = []
-        for spec in specs:
-            sent = batch.dispatched.get(spec.task_id)
-            ok = sent is not None and sent == f"{wave}:{spec_digest(spec.model_dump(mode='json'))}"
-            (kept if ok else refused).append(spec)
+        if digests is None or len(digests) != len(specs):
+            digests = [spec_digest(s.model_dump(mode="json")) for s in specs]
+        for spec, digest in zip(specs, digests, strict=True):
+            (kept if batch.dispatched.get(spec.task_id) == f"{wave}:{digest}" else refused).append(spec)
         if refused:
             why = (
                 f"not dispatched in wave {wave} of {cid} as sent "

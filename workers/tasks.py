@@ -23,7 +23,7 @@ from buddy.execution import Executor
 from buddy.leases import LeaseManager
 from buddy.models import Outcome, TaskSpec, TaskStatus, utcnow
 from buddy.monitor import summarize_wave
-from buddy.state import Store
+from buddy.state import Store, spec_digest
 from buddy.tools.registry import default_registry
 from buddy.transport import DEFAULT_REDIS_URL, EXECUTE_TASK, ROLLBACK_TASK, WAVE_COMPLETE_TASK, redis_client
 from workers.app import app
@@ -140,7 +140,7 @@ def execute_batch(
     specs = batch.items
     delivery = f"{self.request.id}:{self.request.retries}"
     res = executor(self.request.hostname or "worker").run_batch(
-        campaign_id, wave, agent_id, specs, delivery=delivery
+        campaign_id, wave, agent_id, specs, delivery=delivery, digests=[spec_digest(i) for i in items]
     )
     done = [*(carry or []), *([t, s] for t, s in res.done)]
     if res.retry:

@@ -15,13 +15,13 @@ import pytest
 from pydantic import BaseModel
 
 from buddy.claims import Claim, Claims
-from buddy.errors import ToolError
+from buddy.errors import RetryableToolError, ToolError
 from buddy.execution import Executor
 from buddy.leases import LeaseManager, fence_key, lease_key
 from buddy.models import Mode, ResourceClaim, Risk, TaskSpec, TaskStatus
 from buddy.safety import approval_key
 from buddy.state import Keys, Store
-from buddy.tools import ToolContext, ToolRegistry, tool
+from buddy.tools import RetryPolicy, ToolContext, ToolRegistry, tool
 
 CID = "c1"
 
@@ -87,6 +87,17 @@ def registry(gate: threading.Event | None = None) -> ToolRegistry:
         target.write_text(args.line)
         ctx.confirm_lease()
         return Empty()
+
+    @tool(
+        "t.flaky",
+        args=LineArgs,
+        result=Empty,
+        registry=reg,
+        idempotent=True,
+        retry=RetryPolicy(max_attempts=3),
+    )
+    def flaky(args: LineArgs, ctx: ToolContext) -> Empty:
+        raise RetryableToolError("try again")
 
     return reg
 
@@ -339,3 +350,15 @@ def test_claim_scripts_are_loaded_again_after_redis_forgot_them(store: Store) ->
     assert claims.acquire(CID, 1, {"t1": (None, c)}, 60)["t1"][0] == 1
     store.r.script_flush()
     assert claims.swap(CID, {"t1": (c.dump(), c.model_copy(update={"heartbeat": 2.0}))}, 60)["t1"] is not None
+
+
+def test_a_retry_goes_back_as_it_was_sent_even_under_the_lock(store: Store, tmp_path: Path) -> None:
+    """The lock runs a live task mock; its retry must still match the dispatch record (live)."""
+    s = spec("t1", "t.flaky", tmp_path, mode=Mode.LIVE, path="x")
+    dispatch(store, [s])
+    store.r.set(Keys.system_lock(), "change freeze")
+    ex = executor(store, registry(), "w1", inject_failure_rate=1.0)  # even a mock run fails: retried
+    res = ex.run_batch(CID, 1, "a1", [s], delivery="m:0")
+    assert res.retry == [s] and res.retry[0].mode is Mode.LIVE
+    again = ex.run_batch(CID, 1, "a1", res.retry, delivery="m:1")
+    assert again.refused == 0
