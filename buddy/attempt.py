@@ -1,5 +1,5 @@
 """One attempt of one task on a worker: the tool in its mode, under its fenced leases (live),
-errors turned into outcomes, a failed reversible effect rolled back (docs/architecture.md).
+errors turned into outcomes, a failed reversible effect rolled back (README, "Execution").
 
 :class:`AttemptRunner` is the part of :class:`buddy.execution.Executor` that runs a claimed
 task; it knows nothing of batches or claims. Tool errors become outcomes:

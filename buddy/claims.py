@@ -1,4 +1,6 @@
-"""Execution claims: at most one live attempt of a task at a time (docs/architecture.md, "Exactly once").
+"""Execution claims: at most one live attempt of a task at a time.
+
+README, "Exactly once, crashes, leases", says what an operator sees.
 
 A claim ``buddy:campaign:<cid>:claim:<task>`` (string, one :class:`Claim` as JSON) names the
 attempt that may run a task: its worker process, attempt number, Celery delivery and a

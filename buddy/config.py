@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from buddy.conflicts import ConflictPolicy
 from buddy.errors import ConfigError
 from buddy.models import AgentSpec, Mode, Strategy
+from buddy.plan_json import NotRegularFileError, read_regular_file
 from buddy.safety import EscalationPolicy
 
 CommaList = Annotated[list[str], NoDecode]
@@ -166,8 +167,6 @@ def load_campaign_config(path: Path) -> CampaignConfig:
     (``FILE: not a regular file (a FIFO)``): a FIFO or a device would hang the read.
     """
     import math
-
-    from buddy.plan import NotRegularFileError, read_regular_file  # plan.py imports this module
 
     try:
         raw = read_regular_file(path)

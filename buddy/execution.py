@@ -1,4 +1,4 @@
-"""Running a batch of tasks on a worker: check, claim, gate, tool, rollback, outcome (docs/architecture.md).
+"""Running a batch of tasks on a worker: check, claim, gate, tool, rollback, outcome (README, "Execution").
 
 :class:`Executor` holds no Celery code; ``workers.tasks.execute_batch`` calls
 :meth:`Executor.run_batch` and turns its ``retry`` list into a Celery retry.

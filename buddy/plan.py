@@ -14,7 +14,7 @@ a device would hang the read); each line strict JSON (no ``NaN`` / ``Infinity``,
 beyond a 64-bit float, no key twice in one object at any depth: ``duplicate key "tool"``),
 nested at most :data:`MAX_JSON_DEPTH` levels (``args nested deeper than 32 levels``); fields
 within their bounds (:class:`~buddy.models.PlanTask`). A cheap screen passes the usual line
-to the fast path (:func:`_screen`); only a line it is not sure of gets the exact check.
+to the fast path (:func:`screen`); only a line it is not sure of gets the exact check.
 
 Waves are laid out by :mod:`buddy.layering`, each wave's tasks assigned to agents by
 :mod:`buddy.assignment` (each module's docstring states its rules).
@@ -24,17 +24,12 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import json
-import os
-import re
-import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-import orjson
 from pydantic import BaseModel, ValidationError
 
 from buddy.assignment import choose
@@ -42,6 +37,20 @@ from buddy.config import TaskDefaults
 from buddy.errors import MAX_ERRORS, FileErrors, PlanError, cap_errors
 from buddy.layering import layer_waves
 from buddy.models import TASK_ID_RE, AgentSpec, PlanTask, ResourceClaim, ScheduleEntry, Strategy
+from buddy.plan_json import (
+    BOM,
+    MAX_JSON_DEPTH,
+    NotRegularFileError,
+    decode_line,
+    json_problems,
+    levels,
+    lines_of,
+    nested_message,
+    plain_json,
+    read_file,
+    read_regular_file,
+    screen,
+)
 from buddy.tools.contract import ToolContract, format_validation_error
 from buddy.tools.registry import ToolRegistry
 
@@ -62,15 +71,6 @@ __all__ = [
 
 #: The JSON reader of plan and schedule lines. orjson is stricter than the standard library
 #: where it matters here: ``NaN``, ``Infinity`` and numbers beyond a 64-bit float are errors.
-_json_loads: Callable[[bytes], Any] = orjson.loads
-
-#: How deeply JSON objects and arrays may nest in a plan or schedule line, the line's own
-#: object counting as level 1: ``{"args": {"a": [1]}}`` is 3 levels deep. Deeper lines are
-#: errors, so that nothing after validation (conflict detection, message serialization, the
-#: workers, the report) has to recurse through unbounded nesting.
-MAX_JSON_DEPTH = 32
-
-_BOM = b"\xef\xbb\xbf"
 
 
 # -- records ---------------------------------------------------------------------------------
@@ -221,283 +221,6 @@ def _field_errors(e: ValidationError) -> list[str]:
 # -- reading files ---------------------------------------------------------------------------
 
 
-class NotRegularFileError(OSError):
-    """Raised by :func:`read_regular_file` for a path that is not a regular file; ``str()``
-    says what it is instead, e.g. ``not a regular file (a FIFO)``."""
-
-
-_KINDS: tuple[tuple[Callable[[int], bool], str], ...] = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
-def read_regular_file(path: Path) -> bytes:
-    """All bytes of ``path``, which must be a regular file (a symlink to one will do).
-
-    Used for the plan, the schedule and the campaign config. The file is opened with
-    ``O_NONBLOCK`` (which a regular file ignores) and checked with ``fstat`` before a byte is
-    read: a FIFO would block until a writer came, a device such as ``/dev/zero`` never ends,
-    a directory has no bytes. Each raises :class:`NotRegularFileError` (an :class:`OSError`)
-    at once instead. Raises :class:`OSError` when the file cannot be opened or read.
-    """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = next((name for test, name in _KINDS if test(mode)), "a special file")
-            raise NotRegularFileError(f"not a regular file ({kind})")
-        f = os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-    with f:
-        return f.read()
-
-
-def _read(path: Path, what: str, errors: FileErrors) -> bytes | None:
-    """The bytes of a plan or schedule file, or None after adding why not to ``errors``
-    (``FILE: cannot read plan: …``, ``FILE: not a regular file (a FIFO)``)."""
-    try:
-        return read_regular_file(path)
-    except NotRegularFileError as e:
-        errors.add(0, str(e))
-    except OSError as e:
-        errors.add(0, f"cannot read {what}: {e.strerror or e}")
-    return None
-
-
-# -- reading JSONL ---------------------------------------------------------------------------
-
-
-def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """``(line number, stripped line)`` of each line that is not blank or a ``#`` comment."""
-    for number, raw in enumerate(data.removeprefix(_BOM).split(b"\n"), 1):
-        text = raw.strip()
-        if text and not text.startswith(b"#"):
-            yield number, text
-
-
-def _decode(text: bytes, number: int, errors: FileErrors) -> dict[str, Any] | None:
-    """The JSON object on a line, or None after adding why it is not one to ``errors``.
-
-    For lines that passed :func:`_screen` or :func:`_json_problems` (so orjson reads them):
-    the standard library keeps big ints exact (orjson makes them floats), so a message about
-    ``"wave": 1000000000000000000000`` shows the int that was written."""
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        errors.add(number, _not_json(e, text))
-        return None
-    except (ValueError, RecursionError) as e:
-        errors.add(number, f"not valid JSON: {e}")
-        return None
-    if not isinstance(obj, dict):
-        errors.add(number, f"expected a JSON object, got {_json_type(obj)}")
-        return None
-    return obj
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    return "null" if value is None else type(value).__name__
-
-
-# -- strict JSON -----------------------------------------------------------------------------
-#
-# A plan line is read by pydantic (the fast path) or orjson (the slow path), and both are
-# lenient where it hurts later: pydantic reads ``NaN``, ``Infinity`` and ``1e400``, neither
-# sees a key given twice (the last one wins: ``{"tool": "noop", …, "tool": "file.delete"}``
-# runs ``file.delete``), and nesting is only bounded by their recursion limits. So every line
-# first passes a cheap screen (:func:`_screen`; a plan line :func:`_plain_json`, and the depth
-# of its args when it holds many brackets), and the rare line it is not sure of the exact
-# check, :func:`_json_problems`.
-
-
-def _screen(text: bytes) -> bool:
-    """True when a plan or schedule line certainly has none of the problems that
-    :func:`_json_problems` reports; False means "look closer", not "bad": at most
-    :data:`MAX_JSON_DEPTH` ``{`` and ``[`` in the whole line (so it cannot nest deeper;
-    brackets in strings only make the count too high), and :func:`_plain_json`."""
-    return text.count(b"{") + text.count(b"[") <= MAX_JSON_DEPTH and _plain_json(text)
-
-
-def _plain_json(text: bytes) -> bool:
-    """True when orjson reads a line (so it holds no ``NaN``, ``Infinity`` or number beyond a
-    64-bit float) and no object of it repeats a key, at the cost of one orjson round trip
-    and two byte counts at most (2-3 µs for a usual line, about 0.3 s for 100 000).
-
-    Written back by orjson, each object keeps one ``key: value`` pair per distinct key. A
-    line written compactly (``json.dumps(..., separators=(",", ":"))``, orjson) comes back
-    byte for byte unless a pair was dropped. Otherwise, count colons: each pair has one
-    ``:`` outside strings, and every string keeps its colons (orjson writes ``:`` as it
-    is, and no escape but ``\\u003a`` stands for one: a line holding that is not called
-    plain). So the line and its copy hold as many colons exactly when no pair was dropped,
-    that is when no object repeats a key.
-    """
-    try:
-        again = orjson.dumps(_json_loads(text))
-    except (ValueError, TypeError):  # orjson.JSONDecodeError, orjson.JSONEncodeError
-        return False
-    return again == text or (b"\\u003" not in text and again.count(b":") == text.count(b":"))
-
-
-def _json_problems(text: bytes) -> tuple[list[str], Any]:
-    """Why a line :func:`_screen` is not sure of is not acceptable JSON: ``(messages, value)``,
-    ``value`` being the parsed line (the last of repeated keys wins) or None when it cannot
-    be read. No messages: the line is fine after all (a colon escaped as ``\\u003a``, many
-    brackets but not nested deep).
-
-    - ``not valid JSON: …`` (with the column): bad syntax, ``NaN`` or ``Infinity`` (not JSON
-      numbers), a number beyond a 64-bit float (about ±1.8e308), bad UTF-8;
-    - ``args nested deeper than 32 levels``: objects and arrays nested more than
-      :data:`MAX_JSON_DEPTH` levels, the line's own object counting as level 1; named by the
-      top-level field the nesting is under (``JSON nested …`` for a line that is not an
-      object). Later stages recurse through a task's args: unbounded nesting would crash them;
-    - ``duplicate key "tool"``: a key given twice in one object, at any depth (one message
-      per key). JSON readers keep the last one silently, which is never what a plan means.
-    """
-    try:
-        value = _json_loads(text)
-    except json.JSONDecodeError as e:  # orjson's error is one
-        deep = _deep_key_in(text) if text.count(b"{") + text.count(b"[") > MAX_JSON_DEPTH else None
-        return [_nested(deep) if deep is not None else _not_json(e, text)], None
-    deep = _deep_key(value)
-    if deep is not None:
-        return [_nested(deep)], value
-    if _plain_json(text):  # no repeated key: spare the slower search for one
-        return [], value
-    return [f"duplicate key {_quote(key)}" for key in _duplicate_keys(text)], value
-
-
-def _not_json(e: json.JSONDecodeError, text: bytes) -> str:
-    """``not valid JSON: <reason> (column N)``, with a hint for the non-JSON numbers."""
-    hint = ""
-    if "infinity" in e.msg:
-        hint = "; a JSON number must fit a 64-bit float (at most about ±1.8e308)"
-    elif text.decode("utf-8", "replace")[e.pos : e.pos + 9].lstrip("-").startswith(("NaN", "Infinity")):
-        hint = "; NaN and Infinity are not JSON numbers"
-    return f"not valid JSON: {e.msg} (column {e.colno}){hint}"
-
-
-def _nested(key: str) -> str:
-    """The message for nesting deeper than :data:`MAX_JSON_DEPTH` under top-level ``key``."""
-    if not key:
-        where = "JSON"
-    elif key.isidentifier() and len(key) <= 60:
-        where = key
-    else:
-        where = _quote(key)
-    return f"{where} nested deeper than {MAX_JSON_DEPTH} levels"
-
-
-def _quote(key: str) -> str:
-    """A key as JSON writes it, for a message (cut to 60 characters)."""
-    return json.dumps(key if len(key) <= 60 else key[:57] + "...", ensure_ascii=False)
-
-
-def _deep_key(value: Any) -> str | None:
-    """The top-level key under which a parsed line nests deeper than :data:`MAX_JSON_DEPTH`
-    (``""`` when the line is not an object), or None when it does not."""
-    if not isinstance(value, dict):
-        return "" if _levels(value) > MAX_JSON_DEPTH else None
-    return next((key for key, v in value.items() if 1 + _levels(v) > MAX_JSON_DEPTH), None)
-
-
-def _levels(value: Any) -> int:
-    """How many levels of objects and arrays ``value`` has (0 for a scalar, 1 for ``[1]``),
-    counted up to ``MAX_JSON_DEPTH + 1``. Level by level, without recursion: a parsed line
-    may nest up to orjson's own limit (1024)."""
-    level = [value] if isinstance(value, (dict, list)) else []
-    depth = 0
-    while level and depth <= MAX_JSON_DEPTH:
-        depth += 1
-        below: list[Any] = []
-        for node in level:
-            children = node.values() if isinstance(node, dict) else node
-            below += [c for c in children if isinstance(c, (dict, list))]
-        level = below
-    return depth
-
-
-_STRUCTURE = re.compile(rb'[\[\]{}"\\]')
-
-
-def _deep_key_in(text: bytes) -> str | None:
-    """:func:`_deep_key` for a line orjson could not read (it stops at 1024 levels, and the
-    line may be broken besides): one pass over its brackets, quotes and backslashes, skipping
-    strings, that stops where the nesting gets too deep."""
-    depth = 0
-    in_string = False
-    escaped = -1  # the position of the byte after a backslash in a string
-    start = 0  # where the current string opened
-    key = b""  # the last string closed at level 1: the key of the level-1 value being read
-    is_object = False
-    for m in _STRUCTURE.finditer(text):
-        i = m.start()
-        if i == escaped:
-            continue
-        c = text[i]
-        if in_string:
-            if c == 0x5C:  # backslash
-                escaped = i + 1
-            elif c == 0x22:  # closing quote
-                in_string = False
-                if depth == 1:
-                    key = text[start + 1 : i]
-        elif c == 0x22:
-            in_string, start = True, i
-        elif c in b"[{":
-            depth += 1
-            if depth == 1:
-                is_object = c == 0x7B
-            elif depth > MAX_JSON_DEPTH:
-                return _key_text(key) if is_object else ""
-        elif c in b"]}":
-            depth -= 1
-    return None
-
-
-def _key_text(raw: bytes) -> str:
-    """The text of a JSON string's raw bytes (between the quotes)."""
-    try:
-        return cast("str", json.loads(b'"' + raw + b'"'))
-    except ValueError:
-        return raw.decode("utf-8", "replace")
-
-
-def _duplicate_keys(text: bytes) -> list[str]:
-    """The keys that occur twice in one object of a line, at any depth, each once, in the
-    order found (inner objects first). ``text`` is JSON that orjson has read."""
-    found: dict[str, None] = {}
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj = dict(items)
-        if len(obj) != len(items):
-            seen: set[str] = set()
-            for key, _ in items:
-                if key in seen:
-                    found[key] = None
-                seen.add(key)
-        return obj
-
-    try:
-        json.loads(text, object_pairs_hook=pairs)
-    except (ValueError, RecursionError):  # pragma: no cover - orjson read it first
-        pass
-    return list(found)
-
-
 @dataclass
 class _Parsed:
     """What :func:`_parse_plan` learnt.
@@ -532,7 +255,7 @@ def _parse_plan(
     """Check each line of a plan alone (see :func:`load_plan`). With a ``workdir``, also ask
     each task's tool for its resource claims and expected duration."""
     parsed = _Parsed()
-    data = _read(path, "plan", errors)
+    data = read_file(path, "plan", errors)
     if data is None:
         return parsed
     parsed.data = data
@@ -564,7 +287,7 @@ def _parse_plan(
 
     def refused(text: bytes, number: int) -> bool:
         """Whether the exact check finds a line unacceptable as JSON (its errors recorded)."""
-        problems, value = _json_problems(text)
+        problems, value = json_problems(text)
         for msg in problems:
             errors.add(number, msg)
         if problems:
@@ -572,7 +295,7 @@ def _parse_plan(
         return bool(problems)
 
     any_line = False
-    for number, raw in enumerate(data.removeprefix(_BOM).split(b"\n"), 1):
+    for number, raw in enumerate(data.removeprefix(BOM).split(b"\n"), 1):
         text = raw.strip()
         if not text or text.startswith(b"#"):
             continue
@@ -580,7 +303,7 @@ def _parse_plan(
         # Only a line of more than MAX_JSON_DEPTH brackets can nest too deep, and in a valid
         # task only args nest freely: such a line's args are measured, not every line.
         many = text.count(b"{") + text.count(b"[") > MAX_JSON_DEPTH
-        if not _plain_json(text) and refused(text, number):  # NaN, a repeated key, …?
+        if not plain_json(text) and refused(text, number):  # NaN, a repeated key, …?
             continue
         task: PlanTask | None
         try:  # the fast path: a good line straight from its bytes
@@ -592,8 +315,8 @@ def _parse_plan(
             if task is None:
                 continue
         else:
-            if many and 1 + _levels(task.args) > MAX_JSON_DEPTH:  # the line's object is level 1
-                errors.add(number, _nested("args"))
+            if many and 1 + levels(task.args) > MAX_JSON_DEPTH:  # the line's object is level 1
+                errors.add(number, nested_message("args"))
                 _note_broken({"task_id": task.task_id}, number, errors, parsed)
                 continue
             if fill:
@@ -663,7 +386,7 @@ def _broken_line(
     when possible, its tool and args. Returns the task in the rare case the line is valid
     after all (JSON-mode and Python-mode validation differ); otherwise records its task id
     as ``broken`` (or reports it a duplicate) and returns None."""
-    obj = _decode(text, number, errors)
+    obj = decode_line(text, number, errors)
     if obj is None:
         return None
     for key, value in fill.items():
@@ -728,19 +451,19 @@ def load_plan(
 
 
 def _parse_schedule(path: Path, errors: FileErrors) -> tuple[list[tuple[int, ScheduleEntry]], bytes]:
-    data = _read(path, "schedule", errors)
+    data = read_file(path, "schedule", errors)
     if data is None:
         return [], b""
     entries: list[tuple[int, ScheduleEntry]] = []
     seen: dict[str, int] = {}
-    for number, text in _lines(data):
-        if not _screen(text):  # the same strict JSON as a plan line
-            problems, _ = _json_problems(text)
+    for number, text in lines_of(data):
+        if not screen(text):  # the same strict JSON as a plan line
+            problems, _ = json_problems(text)
             if problems:
                 for msg in problems:
                     errors.add(number, msg)
                 continue
-        obj = _decode(text, number, errors)
+        obj = decode_line(text, number, errors)
         if obj is None:
             continue
         try:

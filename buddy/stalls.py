@@ -1,4 +1,6 @@
-"""Stall detection: tasks of a wave that no live attempt will finish (docs/architecture.md, "No lost wave").
+"""Stall detection: tasks of a wave that no live attempt will finish.
+
+README, "Exactly once, crashes, leases", says what an operator sees.
 
 A wave waits for every dispatched task's outcome. Two faults would hold it until the wave's
 computed deadline (hours for long tools) instead of seconds:

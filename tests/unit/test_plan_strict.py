@@ -27,12 +27,12 @@ from buddy.models import MAX_WAVE, Mode, PlanTask, ScheduleEntry, TaskSpec
 from buddy.plan import (
     MAX_JSON_DEPTH,
     CampaignPlan,
-    _screen,
     build_plan,
     load_plan,
     load_schedule,
     read_regular_file,
 )
+from buddy.plan_json import screen
 from buddy.tools import ToolRegistry, tool
 from tests.unit.test_plan import AGENTS, Empty, _run, make_registry, t, write_lines
 
@@ -296,9 +296,9 @@ def test_the_fast_path_is_taken_by_usual_lines() -> None:
         json.dumps(t("a", "t.any", args={"data": {"k": [1, 2.5, None, "x:y", "é"]}}, wave=3)).encode(),
         json.dumps(t("b", args={"a": "\\", "q": '"'})).encode(),
     ]
-    assert all(_screen(x) for x in usual)
+    assert all(screen(x) for x in usual)
     suspicious = [b'{"a":1,"a":2}', b'{"a":NaN}', b'{"a":1e400}', b"[" * 33 + b"]" * 33, b'{"a\\u003a":1}']
-    assert not any(_screen(x) for x in suspicious)
+    assert not any(screen(x) for x in suspicious)
 
 
 # -- campaign.yaml ----------------------------------------------------------------------------
