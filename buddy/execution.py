@@ -229,9 +229,15 @@ class Executor:
         kept: list[TaskSpec] = []
         refused: list[TaskSpec] = []
         if digests is None or len(digests) != len(specs):
-            digests = [spec_digest(s.model_dump(mode="json")) for s in specs]
+            digests = [""] * len(specs)
         for spec, digest in zip(specs, digests, strict=True):
-            (kept if batch.dispatched.get(spec.task_id) == f"{wave}:{digest}" else refused).append(spec)
+            want = batch.dispatched.get(spec.task_id)
+            # the message's own item first (what the coordinator sent: no dump needed), else
+            # the spec in its JSON form (an item that left its defaults out)
+            ok = want is not None and (
+                want == f"{wave}:{digest}" or want == f"{wave}:{spec_digest(spec.model_dump(mode='json'))}"
+            )
+            (kept if ok else refused).append(spec)
         if refused:
             why = (
                 f"not dispatched in wave {wave} of {cid} as sent "
