@@ -164,6 +164,22 @@ class Channel(kombu_redis.Channel):
 
     _fanout_payload: Any = None
 
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        """kombu's connection parameters; a connection error once the connection was released.
+
+        When Redis goes away while a worker holds messages, Celery releases the connection
+        (kombu clears ``connection.client``); a later ack of a finished task, or the channel's
+        close restoring unacked messages, then asked kombu for a new Redis client and failed
+        with ``AttributeError`` ('NoneType' object has no attribute 'hostname'): the worker
+        ended with "Unrecoverable error" (kombu 5.7; plain Celery dies the same way). As a
+        connection error it is what kombu and Celery expect then: logged, and the worker
+        reconnects. The message stays unacked in Redis: the visibility-timeout sweep restores
+        it, and its task's outcome and claim make that delivery a no-op.
+        """
+        if getattr(self.connection, "client", None) is None:
+            raise redis.exceptions.ConnectionError("the broker connection was released (Redis went away)")
+        return super()._connparams(asynchronous)
+
     def _get_client(self) -> Any:
         base = super()._get_client()
         if isinstance(base, functools.partial):  # PrefixedStrictRedis with global_keyprefix

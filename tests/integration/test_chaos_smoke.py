@@ -41,21 +41,13 @@ def chaos_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Rig, P
         rig.close()
 
 
-#: Trials whose fault may end a worker through an upstream bug, not through Buddy's input
-#: handling: a Redis restart while a prefork worker waits for a message makes kombu 5.7 close
-#: the channel twice (AttributeError on a cleared connection, "Unrecoverable error"); plain
-#: Celery dies the same way. No effect is lost or repeated; the worker must be restarted.
-INFRA_DEATHS = {"redis_restart"}
-
-
 def assert_promises_kept(res: TrialResult, runs: int) -> None:
     shown = "\n".join([f"{res.trial}: {res}", *res.summary_notes()])
     assert res.runs == runs, shown
     assert res.duplicated == 0, shown
     assert res.stale_accepted == 0, shown
     assert res.hangs == 0, shown
-    if res.trial not in INFRA_DEATHS:
-        assert res.worker_deaths == 0, shown
+    assert res.worker_deaths == 0, shown
     assert res.tracebacks == 0, shown
     assert res.lost == 0, shown
     assert res.unexpected == 0, shown
