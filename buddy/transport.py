@@ -114,6 +114,27 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
 
 
+def _within(call: Any, close: Any, timeout_s: float, name: str) -> list[BaseException | None]:
+    """Run ``call`` then ``close`` in a daemon thread, waiting at most ``timeout_s`` seconds (a DNS
+    lookup or TLS handshake is cut off too). Returns ``[]`` on timeout, else ``[None]`` or
+    ``[the exception call raised]``."""
+    done: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            done.append(None)
+        except BaseException as e:  # handed to the caller's thread
+            done.append(e)
+        finally:
+            close()
+
+    probe = threading.Thread(target=run, name=name, daemon=True)
+    probe.start()
+    probe.join(timeout_s)
+    return done
+
+
 def check_redis(url: str, timeout_s: float) -> None:
     """Check that the Redis at ``url`` answers: one ``PING`` on a client without retries.
 
@@ -145,20 +166,7 @@ def check_redis(url: str, timeout_s: float) -> None:
             f"bad Redis URL {shown}: {redact_secrets(str(e))}; use redis://[:PASSWORD@]host:port/0, "
             "rediss:// for TLS, or unix://[:PASSWORD@]/path/to/redis.sock"
         ) from None
-    done: list[BaseException | None] = []
-
-    def ping() -> None:
-        try:
-            client.ping()
-            done.append(None)
-        except BaseException as e:  # handed to the caller's thread
-            done.append(e)
-        finally:
-            client.close()
-
-    probe = threading.Thread(target=ping, name="buddy-redis-probe", daemon=True)
-    probe.start()
-    probe.join(timeout_s)
+    done = _within(client.ping, client.close, timeout_s, "buddy-redis-probe")
     if not done:
         raise RedisUnavailable(shown, *_timeout_advice(url, timeout_s))
     error = done[0]
@@ -440,20 +448,9 @@ def check_broker(url: str, timeout_s: float) -> None:
         conn = Connection(amqp_connection_url(url), connect_timeout=timeout_s, ssl=amqp_tls(url))
     except ValueError as e:  # e.g. a port that is not a number
         raise ConfigError(f"bad broker URL {shown}: {redact_secrets(str(e))}") from None
-    done: list[BaseException | None] = []
-
-    def connect() -> None:
-        try:
-            conn.ensure_connection(max_retries=0)
-            done.append(None)
-        except BaseException as e:  # handed to the caller's thread
-            done.append(e)
-        finally:
-            conn.release()
-
-    probe = threading.Thread(target=connect, name="buddy-broker-probe", daemon=True)
-    probe.start()
-    probe.join(timeout_s)
+    done = _within(
+        lambda: conn.ensure_connection(max_retries=0), conn.release, timeout_s, "buddy-broker-probe"
+    )
     if not done:
         raise BrokerUnavailable(
             shown,
