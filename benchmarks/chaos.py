@@ -350,7 +350,7 @@ class Rig:
 
     # life cycle
     def start(self) -> Rig:
-        from buddy.redis_server import EmbeddedRedis
+        from buddy.infra.redis_server import EmbeddedRedis
 
         self.redis_dir.mkdir(parents=True, exist_ok=True)
         self.redis = EmbeddedRedis(appendonly=True, directory=self.redis_dir).start()
@@ -391,8 +391,8 @@ class Rig:
     def store(self) -> Any:
         """A :class:`~buddy.state.Store` on the rig's Redis, with the fleet's stale limit."""
         if self._store is None:
-            from buddy.state import Store
-            from buddy.transport import redis_client
+            from buddy.infra.transport import redis_client
+            from buddy.state.store import Store
 
             self._store = Store(redis_client(self.url), stale_s=self.stale_s)
         return self._store
@@ -410,14 +410,14 @@ class Rig:
     def sender(self) -> Any:
         """A Celery app on the rig's Redis, for forged messages."""
         if self._sender is None:
-            from buddy.transport import make_celery
+            from buddy.infra.transport import make_celery
 
             self._sender = make_celery(self.url)
         return self._sender
 
     # workers
     def _start_worker(self, agent: str) -> Any:
-        from buddy.fleet import LocalFleet
+        from buddy.infra.fleet import LocalFleet
         from buddy.models import AgentSpec
 
         self.generation += 1
@@ -475,7 +475,7 @@ class Rig:
 
     def ready(self, agent: str) -> bool:
         """``agent``'s current worker runs and has sent a heartbeat since it started."""
-        from buddy.state import Keys
+        from buddy.state.store import Keys
 
         if self.fleets[agent].procs[0].poll() is not None:
             return False
@@ -523,7 +523,7 @@ class Rig:
     def restart_redis(self, down_s: float) -> None:
         """Stop the server (SIGTERM: it writes its AOF), wait ``down_s``, start it again on the
         same socket and data."""
-        from buddy.redis_server import EmbeddedRedis
+        from buddy.infra.redis_server import EmbeddedRedis
 
         self.redis.stop()
         time.sleep(down_s)
@@ -646,7 +646,7 @@ def write_plan(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def events(r: Any, cid: str) -> list[tuple[float, str, Any]]:
     """The campaign's event stream as ``(epoch seconds, type, data)``, oldest first."""
-    from buddy.state import Keys
+    from buddy.state.store import Keys
 
     out = []
     for eid, fields in r.xrange(Keys.events(cid)):
@@ -708,9 +708,9 @@ def stalled_by_kill(rig: Rig, cid: str, task_ids: Sequence[str], killed: set[int
     """Right after a kill: the tasks the killed worker held or had popped. A task is held by
     it unless it has an outcome, waits on a queue, is claimed by another process, or is
     unacked on another agent's queue."""
-    from buddy.claims import parse
     from buddy.models import agent_queue
-    from buddy.state import Keys
+    from buddy.state.claims import parse
+    from buddy.state.store import Keys
 
     r = rig.r
     have = set(rig.store.outcomes(cid))
@@ -872,7 +872,7 @@ def run_worker_kill(rig: Rig, p: Params, index: int) -> RunRecord:
 
 def run_worker_kill_pop(rig: Rig, p: Params, index: int) -> RunRecord:
     """One ``worker_kill_pop`` run (module docstring)."""
-    from buddy.state import Keys
+    from buddy.state.store import Keys
 
     rng, rec = _rng(p, "worker_kill_pop", index), RunRecord()
     run = rig.run_dir("worker_kill_pop", index)
@@ -1008,8 +1008,8 @@ LEASE_STEPS = ("tmp", "leased", "committed")
 
 def run_paused_lease(rig: Rig, p: Params, index: int) -> RunRecord:
     """One ``paused_lease`` run (module docstring)."""
-    from buddy.leases import lease_key
     from buddy.models import TaskStatus
+    from buddy.state.leases import lease_key
     from buddy.tools import file_claim
 
     rec = RunRecord()
@@ -1132,7 +1132,7 @@ def run_paused_lease(rig: Rig, p: Params, index: int) -> RunRecord:
 
 def _junk(r: Any, sender: Any, rng: random.Random, forged_dir: Path) -> list[tuple[str, str | bytes]]:
     """The malformed queue items: (what, item)."""
-    from buddy.transport import EXECUTE_TASK
+    from buddy.infra.transport import EXECUTE_TASK
 
     def envelope(**send: Any) -> dict[str, Any]:
         """A real kombu envelope, sent to a queue nobody reads and popped back."""
@@ -1178,8 +1178,8 @@ def _junk(r: Any, sender: Any, rng: random.Random, forged_dir: Path) -> list[tup
 
 def run_forged_malformed(rig: Rig, p: Params, index: int) -> RunRecord:
     """One ``forged_malformed`` run (module docstring)."""
+    from buddy.infra.transport import EXECUTE_TASK
     from buddy.models import agent_queue
-    from buddy.transport import EXECUTE_TASK
 
     rng, rec = _rng(p, "forged_malformed", index), RunRecord()
     run = rig.run_dir("forged_malformed", index)
@@ -1482,10 +1482,10 @@ def fuzz_child(n: int, seed: int, out: Path) -> dict[str, Any]:
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hseed
 
-    from buddy.conflicts import ConflictPolicy, resolve
     from buddy.errors import PlanError
     from buddy.models import AgentSpec, Mode, Strategy, TaskSpec
-    from buddy.plan import build_plan, summary_table
+    from buddy.plan.build import build_plan, summary_table
+    from buddy.plan.conflicts import ConflictPolicy, resolve
     from buddy.tools.registry import default_registry
 
     warnings.simplefilter("ignore")

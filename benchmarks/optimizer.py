@@ -32,11 +32,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from buddy.fleet import LocalFleet
+from buddy.infra.fleet import LocalFleet
+from buddy.infra.redis_server import EmbeddedRedis
+from buddy.infra.transport import redis_client
 from buddy.models import AgentSpec
-from buddy.redis_server import EmbeddedRedis
-from buddy.state import Store
-from buddy.transport import redis_client
+from buddy.state.store import Store
 
 FLEET = {"a1": (8, 0.0), "a2": (1, 0.0), "a3": (4, 0.4)}  # agent -> (concurrency, injected failure rate)
 

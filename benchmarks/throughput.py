@@ -302,7 +302,7 @@ def _pythonpath() -> str:
 @contextmanager
 def fleet(url: str, store: Any, concurrency: int, pool: str, log_dir: Path) -> Iterator[list[int]]:
     """One ``buddy worker`` per agent of :data:`AGENT_IDS`; yields their pids (= session ids)."""
-    from buddy.fleet import LocalFleet
+    from buddy.infra.fleet import LocalFleet
     from buddy.models import AgentSpec
 
     env = {"BUDDY_TOOLS": RAW_MODULE, "PYTHONPATH": _pythonpath()}
@@ -355,10 +355,10 @@ def campaign(b: Bench, plan_path: Path, concurrency: int) -> tuple[Any, str]:
     """Validate, wave and run ``plan_path`` live on the fleet; returns (summary, campaign id)."""
     from rich.console import Console
 
-    from buddy.conflicts import ConflictPolicy, resolve
-    from buddy.coordinator import CampaignOptions, Coordinator, new_campaign_id
+    from buddy.coordinator.loop import CampaignOptions, Coordinator, new_campaign_id
     from buddy.models import AgentSpec, Mode, Strategy
-    from buddy.plan import build_plan
+    from buddy.plan.build import build_plan
+    from buddy.plan.conflicts import ConflictPolicy, resolve
 
     agents = [AgentSpec(id=a, concurrency=concurrency) for a in AGENT_IDS]
     cp = build_plan(plan_path, b.registry, agents, Strategy.ROUND_ROBIN, workdir=b.tmp)
@@ -543,9 +543,9 @@ def peak_rss_mb() -> float:
 
 def plan_child(path: Path) -> dict[str, Any]:
     """In the child: time ``build_plan`` + ``resolve`` of ``path``; RSS in MB."""
-    from buddy.conflicts import ConflictPolicy, resolve
     from buddy.models import AgentSpec, Strategy
-    from buddy.plan import build_plan
+    from buddy.plan.build import build_plan
+    from buddy.plan.conflicts import ConflictPolicy, resolve
     from buddy.tools.registry import default_registry
 
     registry = default_registry()
@@ -699,7 +699,7 @@ def run(p: Params) -> dict[str, Any]:
     """Every run of the module docstring; returns the JSON report (also written to ``p.out``)."""
     tmp = Path(tempfile.mkdtemp(prefix="buddy-bench-"))
     from buddy.config import get_settings
-    from buddy.redis_server import EmbeddedRedis
+    from buddy.infra.redis_server import EmbeddedRedis
 
     server = EmbeddedRedis(port=free_port()).start()
     previous_url = os.environ.get("BUDDY_REDIS_URL")
@@ -707,9 +707,9 @@ def run(p: Params) -> dict[str, Any]:
         url = server.tcp_url
         os.environ["BUDDY_REDIS_URL"] = url  # the raw tasks' app (workers.app) is built from it
         get_settings.cache_clear()
-        from buddy.state import Store
+        from buddy.infra.transport import make_dispatcher, redis_client
+        from buddy.state.store import Store
         from buddy.tools.registry import default_registry
-        from buddy.transport import make_dispatcher, redis_client
 
         s = get_settings()
         store = Store(redis_client(url), events_maxlen=s.events_maxlen, stale_s=s.heartbeat_stale_s)

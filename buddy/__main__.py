@@ -1,5 +1,5 @@
 """``python -m buddy`` is the ``buddy`` command."""
 
-from buddy.cli import main
+from buddy.cli.app import main
 
 main()

@@ -17,11 +17,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from buddy.conflicts import ConflictPolicy
 from buddy.errors import ConfigError
 from buddy.models import AgentSpec, Mode, Strategy
-from buddy.plan_json import NotRegularFileError, read_regular_file
-from buddy.safety import EscalationPolicy
+from buddy.plan.conflicts import ConflictPolicy
+from buddy.plan.jsonl import NotRegularFileError, read_regular_file
+from buddy.safety.gates import EscalationPolicy
 
 CommaList = Annotated[list[str], NoDecode]
 

@@ -16,8 +16,8 @@ import redis
 
 from buddy.config import get_settings
 from buddy.errors import InfrastructureError
-from buddy.redis_server import EmbeddedRedis
-from buddy.state import Store
+from buddy.infra.redis_server import EmbeddedRedis
+from buddy.state.store import Store
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

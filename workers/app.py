@@ -9,7 +9,7 @@ the worker; see :mod:`workers.transport` and :mod:`buddy.deadletter`.
 
 from __future__ import annotations
 
-from buddy.transport import make_celery
+from buddy.infra.transport import make_celery
 
 app = make_celery()
 #: Only the worker reads this setting; Flower and the coordinator are unaffected.

@@ -18,7 +18,7 @@ from celery.signals import celeryd_after_setup, celeryd_init
 from celery.signals import setup_logging as celery_setup_logging
 
 from buddy.config import get_settings
-from buddy.logs import set_worker, setup_logging
+from buddy.infra.logs import set_worker, setup_logging
 
 log = logging.getLogger("buddy.worker")
 

@@ -15,17 +15,23 @@ from celery import Task
 from celery.signals import task_revoked
 from pydantic import BaseModel, Field, ValidationError
 
-from buddy import deadletter
-from buddy.analysis import analyze
-from buddy.compensation import compensate
+from buddy.analysis.monitor import summarize_wave
+from buddy.analysis.wave import analyze
 from buddy.config import get_settings
-from buddy.execution import Executor
-from buddy.leases import LeaseManager
+from buddy.execution.compensation import compensate
+from buddy.execution.executor import Executor
+from buddy.infra.transport import (
+    DEFAULT_REDIS_URL,
+    EXECUTE_TASK,
+    ROLLBACK_TASK,
+    WAVE_COMPLETE_TASK,
+    redis_client,
+)
 from buddy.models import Outcome, TaskSpec, TaskStatus, utcnow
-from buddy.monitor import summarize_wave
-from buddy.state import Store, spec_digest
+from buddy.state import deadletter
+from buddy.state.leases import LeaseManager
+from buddy.state.store import Store, spec_digest
 from buddy.tools.registry import default_registry
-from buddy.transport import DEFAULT_REDIS_URL, EXECUTE_TASK, ROLLBACK_TASK, WAVE_COMPLETE_TASK, redis_client
 from workers.app import app
 from workers.transport import refuse
 

@@ -59,8 +59,8 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.url import as_url, maybe_sanitize_url
 
-from buddy import deadletter as dl
 from buddy.config import get_settings
+from buddy.state import deadletter as dl
 
 log = logging.getLogger("buddy.worker")
 

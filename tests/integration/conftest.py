@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 
 from buddy.errors import InfrastructureError
-from buddy.fleet import LocalFleet
+from buddy.infra.fleet import LocalFleet
+from buddy.infra.redis_server import EmbeddedRedis
+from buddy.infra.transport import redis_client
 from buddy.models import AgentSpec
-from buddy.redis_server import EmbeddedRedis
-from buddy.state import Store
-from buddy.transport import redis_client
+from buddy.state.store import Store
 
 JSON_PKG = Path(sysconfig.get_paths()["stdlib"]) / "json"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

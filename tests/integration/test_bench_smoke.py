@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from buddy.errors import InfrastructureError
-from buddy.redis_server import find_redis_server
+from buddy.infra.redis_server import find_redis_server
 
 ROOT = Path(__file__).resolve().parents[2]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

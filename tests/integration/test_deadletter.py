@@ -26,13 +26,13 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from buddy import deadletter
 from buddy.errors import InfrastructureError
-from buddy.fleet import LocalFleet
+from buddy.infra.fleet import LocalFleet
+from buddy.infra.redis_server import EmbeddedRedis
+from buddy.infra.transport import EXECUTE_TASK, make_celery, redis_client
 from buddy.models import AgentSpec, TaskSpec
-from buddy.redis_server import EmbeddedRedis
-from buddy.state import Keys, Store
-from buddy.transport import EXECUTE_TASK, make_celery, redis_client
+from buddy.state import deadletter
+from buddy.state.store import Keys, Store
 from tests.integration.conftest import IN_CI, buddy, wait_for_workers
 
 pytestmark = pytest.mark.integration
@@ -261,7 +261,7 @@ def test_a_live_campaign_runs_after_hostile_messages(
 def test_cli_and_metrics_show_the_dead_letters(fleet_redis: EmbeddedRedis, dl_fleet: LocalFleet) -> None:
     from prometheus_client import CollectorRegistry
 
-    from buddy.metrics import FleetCollector
+    from buddy.infra.prometheus import FleetCollector
 
     url = fleet_redis.url
     r = redis_client(url)

@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 
 from buddy.errors import InfrastructureError
-from buddy.fleet import LocalFleet
+from buddy.infra.fleet import LocalFleet
+from buddy.infra.redis_server import EmbeddedRedis
 from buddy.models import AgentSpec
-from buddy.redis_server import EmbeddedRedis
 from tests.integration.conftest import IN_CI, wait_for_workers
 
 pytestmark = pytest.mark.integration

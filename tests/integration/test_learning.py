@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from buddy.fleet import LocalFleet
+from buddy.infra.fleet import LocalFleet
+from buddy.infra.redis_server import EmbeddedRedis
 from buddy.models import AgentSpec
-from buddy.redis_server import EmbeddedRedis
 from tests.integration.conftest import wait_for_workers
 from tests.integration.test_campaign import executed, write_plan
 

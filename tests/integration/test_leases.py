@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from buddy.leases import LeaseManager
+from buddy.infra.redis_server import EmbeddedRedis
+from buddy.infra.transport import redis_client
 from buddy.models import ResourceClaim
-from buddy.redis_server import EmbeddedRedis
-from buddy.transport import redis_client
+from buddy.state.leases import LeaseManager
 
 pytestmark = pytest.mark.integration
 
@@ -67,10 +67,10 @@ def test_eight_processes_two_hundred_leases_each(fleet_redis: EmbeddedRedis, tmp
 HOLDER = r"""
 import sys
 from pathlib import Path
-from buddy.leases import LeaseManager, LeaseLostError
+from buddy.state.leases import LeaseManager, LeaseLostError
 from buddy.models import ResourceClaim
 from buddy.tools import ToolContext, default_registry
-from buddy.transport import redis_client
+from buddy.infra.transport import redis_client
 
 url, target = sys.argv[1], Path(sys.argv[2])
 contract = default_registry().get("file.write")

@@ -33,17 +33,17 @@ import pytest
 from kombu import Connection
 
 from buddy.config import Settings
-from buddy.fleet import LocalFleet
-from buddy.models import AgentSpec
-from buddy.redis_server import EmbeddedRedis
-from buddy.state import Store
-from buddy.transport import (
+from buddy.infra.fleet import LocalFleet
+from buddy.infra.redis_server import EmbeddedRedis
+from buddy.infra.transport import (
     EXECUTE_TASK,
     WholeSecondCelery,
     make_celery,
     redis_client,
     route_batch_retries,
 )
+from buddy.models import AgentSpec
+from buddy.state.store import Store
 from tests.integration.conftest import IN_CI, buddy, wait_for_workers
 
 pytestmark = pytest.mark.integration
@@ -247,7 +247,7 @@ def test_refused_messages_are_dead_lettered_on_amqp(
     dead-letters what Celery refuses into the state Redis; the worker goes on serving."""
     from kombu import Producer
 
-    from buddy import deadletter as dl
+    from buddy.state import deadletter as dl
 
     marker = secrets.token_hex(4)
     with Connection(broker) as conn:

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from buddy.errors import InfrastructureError
-from buddy.redis_server import EmbeddedRedis
+from buddy.infra.redis_server import EmbeddedRedis
 from tests.integration.conftest import IN_CI
-from tests.unit.test_redis_errors import commands, free_port, write_plan
+from tests.unit.infra.test_redis_errors import commands, free_port, write_plan
 
 pytestmark = pytest.mark.integration
 PASSWORD = "fleet-pw-7c41"

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from buddy.fleet import LocalFleet
-from buddy.redis_server import EmbeddedRedis
-from buddy.safety import Approvals
-from buddy.state import Store
-from buddy.transport import redis_client
+from buddy.infra.fleet import LocalFleet
+from buddy.infra.redis_server import EmbeddedRedis
+from buddy.infra.transport import redis_client
+from buddy.safety.gates import Approvals
+from buddy.state.store import Store
 from tests.integration.conftest import buddy
 from tests.integration.test_campaign import executed, write_plan
 

@@ -28,11 +28,11 @@ from pathlib import Path
 import pytest
 
 from buddy.errors import InfrastructureError
-from buddy.fleet import LocalFleet
+from buddy.infra.fleet import LocalFleet
+from buddy.infra.redis_server import EmbeddedRedis
+from buddy.infra.transport import EXECUTE_TASK, make_celery, redis_client
 from buddy.models import AgentSpec, TaskSpec
-from buddy.redis_server import EmbeddedRedis
-from buddy.state import Keys, Store
-from buddy.transport import EXECUTE_TASK, make_celery, redis_client
+from buddy.state.store import Keys, Store
 from tests.integration.conftest import IN_CI, buddy, wait_for_workers
 
 pytestmark = pytest.mark.integration
@@ -296,7 +296,7 @@ def _key_and_cert(path: Path, name: str) -> Path:
 
 SEND = """
 import json, sys
-from buddy.transport import EXECUTE_TASK, make_celery
+from buddy.infra.transport import EXECUTE_TASK, make_celery
 app = make_celery()
 assert app.conf.task_serializer == "auth", app.conf.task_serializer
 app.send_task(EXECUTE_TASK, kwargs=json.loads(sys.argv[1]), queue="buddy.agent.a1")
@@ -423,7 +423,7 @@ class TlsRedis:
 def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
     import redis
 
-    from buddy.redis_server import find_redis_server
+    from buddy.infra.redis_server import find_redis_server
 
     d = tmp_path_factory.mktemp("tls-redis")
     ca, cert, key = _tls_files(d)
@@ -503,7 +503,7 @@ def test_tls_settings_check_certificates_unless_told_otherwise() -> None:
     import ssl
 
     from buddy.errors import ConfigError
-    from buddy.security import tls_settings
+    from buddy.infra.security import tls_settings
 
     assert tls_settings("redis://:pw@h:6379/0") == {}
     assert tls_settings("unix:///tmp/r.sock") == {}
@@ -523,7 +523,7 @@ def test_tls_settings_check_certificates_unless_told_otherwise() -> None:
 
 def test_signing_material(tmp_path: Path) -> None:
     from buddy.errors import ConfigError
-    from buddy.security import signing_files
+    from buddy.infra.security import signing_files
 
     combined = _key_and_cert(tmp_path / "k.pem", "k")
     files = signing_files(str(combined))

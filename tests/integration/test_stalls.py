@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from buddy.fleet import LocalFleet
+from buddy.infra.fleet import LocalFleet
+from buddy.infra.redis_server import EmbeddedRedis
+from buddy.infra.transport import redis_client
 from buddy.models import AgentSpec
-from buddy.redis_server import EmbeddedRedis
-from buddy.state import Store
-from buddy.transport import redis_client
+from buddy.state.store import Store
 from tests.integration.conftest import wait_for_workers
 from tests.integration.test_campaign import executed
 from tests.integration.test_recovery import _ledger_plan, _lines, _wait_for

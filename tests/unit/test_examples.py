@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from buddy.cli import app
+from buddy.cli.app import app
 from buddy.config import load_campaign_config
 from buddy.models import PlanTask, Strategy
-from buddy.plan import build_plan
+from buddy.plan.build import build_plan
 from buddy.tools.registry import default_registry
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,1 @@
+"""What a wave teaches: metrics, feedback and the monitor's health and anomalies."""

@@ -1,0 +1,1 @@
+"""The ``buddy`` command: a shell over the Python API."""

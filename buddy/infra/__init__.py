@@ -1,0 +1,1 @@
+"""Infrastructure: Celery transport, security, embedded Redis, local fleet, Prometheus, doctor, logs."""

@@ -1,0 +1,1 @@
+"""Learning between waves: the meta-optimizer, the agent tuner, the adaptive scheduler."""

@@ -1,0 +1,1 @@
+"""The campaign's output folder: every file name and every write."""

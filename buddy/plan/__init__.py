@@ -1,0 +1,1 @@
+"""Plans: load and validate, lay out in waves, assign to agents, resolve conflicts."""

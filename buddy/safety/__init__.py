@@ -1,0 +1,1 @@
+"""Safety gates: modes, escalation, approvals and the system lock."""

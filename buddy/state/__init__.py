@@ -1,0 +1,1 @@
+"""State in Redis: keys, the store, claims, fenced leases, the task state machine, dead letters."""

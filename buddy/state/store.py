@@ -1,0 +1,551 @@
+"""Campaign, wave, outcome, claim, agent and event state in Redis (DESIGN.md, "Redis layout").
+
+:class:`Store` wraps one redis-py client; every key it touches is built by :class:`Keys`
+(prefix ``buddy:``). Writes that belong together go in one pipeline (one round trip).
+Outcomes in ``buddy:campaign:<cid>:outcomes`` are the truth for dedupe and resume.
+
+Keys beyond DESIGN.md's table:
+
+- ``buddy:agent:<aid>:workers`` (sorted set): worker name → last heartbeat (epoch seconds);
+  a worker is live while its score is within ``heartbeat_stale_s``.
+- ``buddy:agents`` (set): every agent id that ever heartbeated.
+- ``buddy:campaign:<cid>:wave:<n>:done`` (list): ``wave_complete`` pushes the wave summary
+  here; the coordinator waits on it with BLPOP instead of polling results. The write that
+  brings the wave hash's ``done`` counter up to its ``expect`` field (set at dispatch) pushes
+  a wake-up (:data:`WAKE`) here too, so the coordinator closes the wave without waiting for
+  the chord's join.
+- ``buddy:campaigns`` (sorted set): campaign id → creation time.
+- ``buddy:campaign:<cid>:undo`` (hash): task id → JSON undo record of a reversible tool's live
+  effect (``tool``, ``args``, ``workdir``, ``agent_id`` and the tool's ``undo`` data), written
+  before the effect.
+- ``buddy:campaign:<cid>:transitions`` (list): workers' state transitions, drained by the
+  coordinator into ``state_transitions.jsonl``.
+- ``buddy:campaign:<cid>:rollbacks`` (list): compensation records (``rollback_events.jsonl``).
+- ``buddy:campaign:<cid>:dispatched`` (hash): task id → ``<wave>:<spec digest>`` of what the
+  coordinator sent; a worker runs a task only when its message matches (:meth:`Store.begin_batch`).
+- ``buddy:campaign:<cid>:claim:<task>``: see :mod:`buddy.claims`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis
+from pydantic import BaseModel, Field
+
+from buddy.models import Outcome, RollbackEvent, TaskStatus, WaveSummary, utcnow
+from buddy.state.lifecycle import Transition
+
+PREFIX = "buddy:"
+#: What a wave's ``:done`` list holds when its members have all reported (no dispatch token).
+WAKE = "- complete"
+
+
+class Keys:
+    """Builders for every Redis key Buddy uses."""
+
+    @staticmethod
+    def campaign(cid: str) -> str:
+        return f"{PREFIX}campaign:{cid}"
+
+    @staticmethod
+    def campaigns() -> str:
+        return f"{PREFIX}campaigns"
+
+    @staticmethod
+    def wave(cid: str, n: int) -> str:
+        return f"{PREFIX}campaign:{cid}:wave:{n}"
+
+    @staticmethod
+    def wave_done(cid: str, n: int) -> str:
+        return f"{PREFIX}campaign:{cid}:wave:{n}:done"
+
+    @staticmethod
+    def outcomes(cid: str) -> str:
+        return f"{PREFIX}campaign:{cid}:outcomes"
+
+    @staticmethod
+    def undo(cid: str) -> str:
+        return f"{PREFIX}campaign:{cid}:undo"
+
+    @staticmethod
+    def dispatched(cid: str) -> str:
+        return f"{PREFIX}campaign:{cid}:dispatched"
+
+    @staticmethod
+    def claim(cid: str, task_id: str) -> str:
+        return f"{PREFIX}campaign:{cid}:claim:{task_id}"
+
+    @staticmethod
+    def rollbacks(cid: str) -> str:
+        return f"{PREFIX}campaign:{cid}:rollbacks"
+
+    @staticmethod
+    def transitions(cid: str) -> str:
+        return f"{PREFIX}campaign:{cid}:transitions"
+
+    @staticmethod
+    def events(cid: str) -> str:
+        return f"{PREFIX}campaign:{cid}:events"
+
+    @staticmethod
+    def agent(aid: str) -> str:
+        return f"{PREFIX}agent:{aid}"
+
+    @staticmethod
+    def agent_workers(aid: str) -> str:
+        return f"{PREFIX}agent:{aid}:workers"
+
+    @staticmethod
+    def agents() -> str:
+        return f"{PREFIX}agents"
+
+    @staticmethod
+    def system_lock() -> str:
+        return f"{PREFIX}lock:system"
+
+
+def spec_digest(item: Mapping[str, Any]) -> str:
+    """A 16-hex-digit digest of one task's message item (a ``TaskSpec`` dumped in JSON mode,
+    keys sorted): the coordinator records it at dispatch and the worker compares it, so a
+    message whose task, tool, args or mode differ from what was dispatched does not run."""
+    return hashlib.blake2b(orjson.dumps(item, option=orjson.OPT_SORT_KEYS), digest_size=8).hexdigest()
+
+
+@dataclass
+class BatchState:
+    """What :meth:`Store.begin_batch` read for a batch, in one round trip.
+
+    ``outcomes``: the tasks that already have one; ``claims``: their claim values as stored
+    (:mod:`buddy.claims`); ``lock``: the system lock's reason or None; ``campaign_status``:
+    the campaign hash's ``status`` (None: no such campaign); ``dispatched``: task id →
+    ``<wave>:<digest>`` for the tasks the coordinator recorded (:meth:`Store.record_dispatch`).
+    """
+
+    outcomes: dict[str, Outcome]
+    claims: dict[str, bytes]
+    lock: str | None
+    campaign_status: str | None
+    dispatched: dict[str, str]
+
+
+class AgentInfo(BaseModel):
+    """One row of ``buddy agents``: an agent's state as its workers last reported it."""
+
+    agent_id: str
+    status: str
+    live_workers: list[str]
+    heartbeat_age_s: float | None
+    in_flight: int
+    processed: int
+    failed: int
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+def _s(v: bytes | str | None) -> str | None:
+    if v is None:
+        return None
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _b(v: bytes | str) -> bytes:
+    """A stored value as bytes, whether the client decodes responses or not."""
+    return v.encode() if isinstance(v, str) else v
+
+
+class Store:
+    """Buddy's Redis state. ``client`` is any redis-py compatible client (fakeredis in unit tests).
+
+    ``events_maxlen`` caps each campaign's event stream (``XADD MAXLEN ~``);
+    ``stale_s`` is how old a heartbeat may be before its worker counts as gone (seconds).
+    """
+
+    def __init__(self, client: redis.Redis, *, events_maxlen: int = 10_000, stale_s: float = 10.0) -> None:
+        # redis-py's stubs type every reply as a sync/async union; Store parses replies itself.
+        self.r: Any = client
+        self.keys = Keys
+        self.events_maxlen = events_maxlen
+        self.stale_s = stale_s
+
+    # -- campaign ------------------------------------------------------------------------
+
+    def create_campaign(self, cid: str, fields: Mapping[str, str]) -> None:
+        """Write the campaign hash and index it; fails if the campaign exists."""
+        pipe = self.r.pipeline()
+        pipe.hsetnx(self.keys.campaign(cid), "created_at", utcnow().isoformat())
+        pipe.hset(self.keys.campaign(cid), mapping=dict(fields))
+        pipe.zadd(self.keys.campaigns(), {cid: time.time()})
+        pipe.execute()
+
+    def update_campaign(self, cid: str, **fields: str | int | float) -> None:
+        self.r.hset(self.keys.campaign(cid), mapping={k: str(v) for k, v in fields.items()})
+
+    def campaign(self, cid: str) -> dict[str, str]:
+        raw = self.r.hgetall(self.keys.campaign(cid))
+        return {_s(k) or "": _s(v) or "" for k, v in raw.items()}
+
+    def campaign_ids(self, limit: int = 20) -> list[str]:
+        """Newest first."""
+        return [_s(x) or "" for x in self.r.zrevrange(self.keys.campaigns(), 0, limit - 1)]
+
+    # -- waves ---------------------------------------------------------------------------
+
+    def start_wave(self, cid: str, n: int, dispatched: int, chord_id: str = "") -> None:
+        pipe = self.r.pipeline()
+        pipe.delete(self.keys.wave_done(cid, n))
+        pipe.hset(
+            self.keys.wave(cid, n),
+            mapping={
+                "dispatched": dispatched,
+                "chord_id": chord_id,
+                "started_at": utcnow().isoformat(),
+            },
+        )
+        pipe.hdel(self.keys.wave(cid, n), "expect")  # a resumed wave's old dispatch
+        pipe.hset(self.keys.campaign(cid), "current_wave", n)
+        pipe.execute()
+
+    def expect_done(self, cid: str, n: int, done: int) -> None:
+        """Mark the ``done`` count at which wave ``n``'s dispatch is complete (HSET ``expect``):
+        the outcome write that reaches it wakes the coordinator (:meth:`record_outcomes`)."""
+        self.r.hset(self.keys.wave(cid, n), "expect", done)
+
+    def missing_outcomes(self, cid: str, task_ids: list[str]) -> set[str]:
+        """The ids among ``task_ids`` with no outcome yet (HMGET, nothing parsed)."""
+        return set(task_ids) - self.outcomes_raw(cid, task_ids).keys()
+
+    def wave_counters(self, cid: str, n: int) -> dict[str, str]:
+        raw = self.r.hgetall(self.keys.wave(cid, n))
+        return {_s(k) or "": _s(v) or "" for k, v in raw.items()}
+
+    def finish_wave(self, cid: str, summary: WaveSummary, token: str = "") -> None:
+        """Store the summary on the wave hash and wake the coordinator (RPUSH on ``:done``).
+
+        ``token`` names the dispatch (chord) the summary belongs to, so a coordinator that
+        sent a wave again (resume, lost members) ignores the summary of an older chord.
+        """
+        data = summary.model_dump_json()
+        pipe = self.r.pipeline()
+        pipe.hset(self.keys.wave(cid, summary.wave), mapping={"summary": data})
+        pipe.rpush(self.keys.wave_done(cid, summary.wave), f"{token} {data}")
+        pipe.execute()
+
+    def wait_wave_done(self, cid: str, n: int, timeout_s: float, token: str = "") -> WaveSummary | None:
+        """Block up to ``timeout_s`` seconds (BLPOP) for the summary of dispatch ``token``;
+        None on timeout. Summaries of other dispatches are dropped."""
+        got = self.r.blpop([self.keys.wave_done(cid, n)], timeout=max(timeout_s, 0.01))
+        if got is None:
+            return None
+        raw = got[1].decode() if isinstance(got[1], bytes) else got[1]
+        their, _, data = raw.partition(" ")
+        if their != token:
+            return None
+        return WaveSummary.model_validate_json(data)
+
+    def request_abort(self, cid: str, reason: str) -> None:
+        """Ask the campaign's coordinator to stop (``buddy abort``): HSET ``abort_requested``."""
+        self.r.hset(self.keys.campaign(cid), "abort_requested", reason)
+
+    # -- outcomes and claims -------------------------------------------------------------
+
+    def outcomes(self, cid: str, task_ids: Iterable[str] | None = None) -> dict[str, Outcome]:
+        """Outcomes by task id (all of the campaign's when ``task_ids`` is None)."""
+        key = self.keys.outcomes(cid)
+        if task_ids is None:
+            raw = self.r.hgetall(key)
+            return {_s(k) or "": Outcome.model_validate_json(v) for k, v in raw.items()}
+        return {t: Outcome.model_validate_json(v) for t, v in self.outcomes_raw(cid, list(task_ids)).items()}
+
+    def outcomes_raw(self, cid: str, task_ids: list[str]) -> dict[str, bytes]:
+        """The stored ``Outcome`` JSON of each of ``task_ids`` that has one (HMGET), unparsed:
+        the coordinator parses each once and writes the bytes as they are."""
+        if not task_ids:
+            return {}
+        vals = self.r.hmget(self.keys.outcomes(cid), task_ids)
+        return {t: _b(v) for t, v in zip(task_ids, vals, strict=True) if v is not None}
+
+    def has_outcomes(self, cid: str) -> bool:
+        """Whether any outcome of ``cid`` is stored yet (HLEN): a new campaign has none."""
+        return bool(self.r.hlen(self.keys.outcomes(cid)))
+
+    def begin_batch(self, cid: str, task_ids: list[str]) -> BatchState:
+        """One round trip: what a worker needs before it runs a batch of ``cid`` (:class:`BatchState`)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hmget(self.keys.outcomes(cid), task_ids)
+        pipe.mget([self.keys.claim(cid, t) for t in task_ids])
+        pipe.get(self.keys.system_lock())
+        pipe.hget(self.keys.campaign(cid), "status")
+        pipe.hmget(self.keys.dispatched(cid), task_ids)
+        outs, claims, lock, status, sent = pipe.execute()
+        return BatchState(
+            outcomes={
+                t: Outcome.model_validate_json(v)
+                for t, v in zip(task_ids, outs, strict=True)
+                if v is not None
+            },
+            claims={t: _b(v) for t, v in zip(task_ids, claims, strict=True) if v is not None},
+            lock=_s(lock),
+            campaign_status=_s(status),
+            dispatched={t: _s(v) or "" for t, v in zip(task_ids, sent, strict=True) if v is not None},
+        )
+
+    def record_dispatch(self, cid: str, wave: int, items: Iterable[Mapping[str, Any]]) -> None:
+        """Record what the coordinator sends in wave ``wave`` (HSET ``:dispatched``, task id →
+        ``<wave>:<spec digest>``): a worker runs only tasks recorded here (:func:`spec_digest`)."""
+        mapping = {str(i["task_id"]): f"{wave}:{spec_digest(i)}" for i in items}
+        if mapping:
+            self.r.hset(self.keys.dispatched(cid), mapping=mapping)
+
+    def save_undo(self, cid: str, task_id: str, data: dict[str, Any]) -> None:
+        """Persist a reversible tool's undo data before its effect (HSET on ``:undo``)."""
+        self.r.hset(self.keys.undo(cid), task_id, json.dumps(data))
+
+    def retry_counts(self, cid: str, wave: int, n: int, transitions: list[Transition]) -> None:
+        """Count ``n`` attempts of wave ``wave`` as waiting for a Celery retry (no longer running)
+        and push their transitions, in one round trip."""
+        if not n:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        self.push_transitions(cid, transitions, pipe)
+        pipe.hincrby(self.keys.wave(cid, wave), "running", -n)
+        pipe.hincrby(self.keys.wave(cid, wave), "retries", n)
+        pipe.execute()
+
+    def record_outcomes(
+        self,
+        outcomes: list[Outcome],
+        *,
+        running_delta: int = 0,
+        transitions: list[Transition] | None = None,
+        written: frozenset[str] | set[str] = frozenset(),
+    ) -> None:
+        """One round trip: outcomes into the hash, wave and agent counters, the tasks' state
+        transitions, and one ``outcomes`` event listing ``[task_id, status, agent_id, wave]``
+        per outcome.
+
+        ``running_delta`` adjusts the wave's ``running`` counter (claims that end here);
+        ``written`` names outcomes already in the hash (recorded under their claim by
+        :meth:`buddy.claims.Claims.commit`): only their counters and event are added here.
+        """
+        if not outcomes:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        cid = outcomes[0].campaign_id
+        self.push_transitions(cid, transitions or [], pipe)
+        fresh = {o.task_id: o.model_dump_json() for o in outcomes if o.task_id not in written}
+        if fresh:
+            pipe.hset(self.keys.outcomes(cid), mapping=fresh)
+        per_wave: dict[int, dict[str, int]] = {}
+        per_agent: dict[str, dict[str, int]] = {}
+        for o in outcomes:
+            w = per_wave.setdefault(o.wave, {})
+            w["done"] = w.get("done", 0) + 1
+            w[f"status:{o.status.value}"] = w.get(f"status:{o.status.value}", 0) + 1
+            if o.status is not TaskStatus.SUCCEEDED:
+                w["failed"] = w.get("failed", 0) + 1
+            if o.agent_id and o.worker:
+                a = per_agent.setdefault(o.agent_id, {})
+                a["processed"] = a.get("processed", 0) + 1
+                if o.status is not TaskStatus.SUCCEEDED:
+                    a["failed"] = a.get("failed", 0) + 1
+        marks: list[tuple[int, int, int]] = []  # (wave, place of its done HINCRBY in the pipeline, added)
+        for wave, counts in per_wave.items():
+            for field, n in counts.items():
+                if field == "done":
+                    marks.append((wave, len(pipe), n))
+                pipe.hincrby(self.keys.wave(cid, wave), field, n)
+        expects = len(pipe)
+        for wave, _, _ in marks:
+            pipe.hget(self.keys.wave(cid, wave), "expect")
+        if running_delta:
+            pipe.hincrby(self.keys.wave(cid, outcomes[0].wave), "running", running_delta)
+        for aid, counts in per_agent.items():
+            for field, n in counts.items():
+                pipe.hincrby(self.keys.agent(aid), field, n)
+        pipe.xadd(
+            self.keys.events(cid),
+            {
+                "type": "outcomes",
+                "data": json.dumps([[o.task_id, o.status.value, o.agent_id, o.wave] for o in outcomes]),
+            },
+            maxlen=self.events_maxlen,
+            approximate=True,
+        )
+        got = pipe.execute()
+        for k, (wave, at, added) in enumerate(marks):
+            done, expect = int(got[at]), got[expects + k]
+            if expect is not None and done - added < int(expect) <= done:  # this write completed it
+                self.r.rpush(self.keys.wave_done(cid, wave), WAKE)
+
+    def undo_data(self, cid: str, task_ids: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Undo records by task id (all of the campaign's when ``task_ids`` is None)."""
+        if task_ids is None:
+            raw = self.r.hgetall(self.keys.undo(cid))
+            return {_s(k) or "": json.loads(v) for k, v in raw.items()}
+        ids = list(task_ids)
+        vals = self.r.hmget(self.keys.undo(cid), ids) if ids else []
+        return {t: json.loads(v) for t, v in zip(ids, vals, strict=True) if v is not None}
+
+    def replace_outcome(self, outcome: Outcome, move: Transition) -> None:
+        """Overwrite a final outcome (a compensation turned it ``rolled_back``) with its transition."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(self.keys.outcomes(outcome.campaign_id), outcome.task_id, outcome.model_dump_json())
+        self.push_transitions(outcome.campaign_id, [move], pipe)
+        pipe.execute()
+
+    def forget_outcome(self, cid: str, task_id: str, move: Transition) -> None:
+        """Remove a task's outcome and claim (``buddy review --mark retry``) so it runs again."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hdel(self.keys.outcomes(cid), task_id)
+        pipe.delete(self.keys.claim(cid, task_id))
+        self.push_transitions(cid, [move], pipe)
+        pipe.execute()
+
+    def push_rollback_event(self, event: RollbackEvent) -> None:
+        """Append a compensation's record to ``buddy:campaign:<cid>:rollbacks`` (RPUSH)."""
+        self.r.rpush(self.keys.rollbacks(event.campaign_id), event.model_dump_json())
+
+    def rollback_events(self, cid: str, start: int = 0) -> list[RollbackEvent]:
+        """Compensation records of ``cid`` from index ``start`` on (LRANGE)."""
+        return [
+            RollbackEvent.model_validate_json(x) for x in self.r.lrange(self.keys.rollbacks(cid), start, -1)
+        ]
+
+    # -- events --------------------------------------------------------------------------
+
+    def event(self, cid: str, type_: str, **data: Any) -> None:
+        """Append one event to the campaign's capped stream (XADD MAXLEN ~)."""
+        self.r.xadd(
+            self.keys.events(cid),
+            {"type": type_, "data": json.dumps(data, default=str)},
+            maxlen=self.events_maxlen,
+            approximate=True,
+        )
+
+    def events(self, cid: str, count: int = 100) -> list[dict[str, Any]]:
+        """The newest ``count`` events, oldest first: ``{"id", "type", "data"}``."""
+        rows = self.r.xrevrange(self.keys.events(cid), count=count)
+        out = []
+        for eid, fields in reversed(rows):
+            f = {_s(k): _s(v) for k, v in fields.items()}
+            out.append({"id": _s(eid), "type": f.get("type"), "data": json.loads(f.get("data") or "null")})
+        return out
+
+    # -- agents --------------------------------------------------------------------------
+
+    def heartbeat(
+        self,
+        worker: str,
+        agent_ids: Iterable[str],
+        *,
+        status: str = "idle",
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record that ``worker`` is alive and serves ``agent_ids`` (ZADD + HSET, one round trip)."""
+        now = time.time()
+        pipe = self.r.pipeline(transaction=False)
+        for aid in agent_ids:
+            pipe.sadd(self.keys.agents(), aid)
+            pipe.zadd(self.keys.agent_workers(aid), {worker: now})
+            fields: dict[str, str | float] = {"heartbeat": now, "status": status}
+            if params is not None:
+                fields["params"] = json.dumps(dict(params))
+            pipe.hset(self.keys.agent(aid), mapping=fields)
+        pipe.execute()
+
+    def worker_gone(self, worker: str, agent_ids: Iterable[str]) -> None:
+        """Remove ``worker`` from its agents' live sets (a clean shutdown)."""
+        pipe = self.r.pipeline(transaction=False)
+        for aid in agent_ids:
+            pipe.zrem(self.keys.agent_workers(aid), worker)
+        pipe.execute()
+
+    def live_workers(self, agent_id: str, now: float | None = None) -> list[str]:
+        """Workers of ``agent_id`` whose last heartbeat is at most ``stale_s`` seconds old."""
+        now = time.time() if now is None else now
+        rows = self.r.zrangebyscore(self.keys.agent_workers(agent_id), now - self.stale_s, "+inf")
+        return sorted(_s(x) or "" for x in rows)
+
+    def set_agent_params(self, params: Mapping[str, Mapping[str, Any]]) -> None:
+        """Record each agent's tuned parameters (``buddy agents`` shows them)."""
+        pipe = self.r.pipeline(transaction=False)
+        for aid, p in params.items():
+            pipe.hset(self.keys.agent(aid), "params", json.dumps(dict(p)))
+        pipe.execute()
+
+    def add_in_flight(self, agent_id: str, n: int) -> None:
+        self.r.hincrby(self.keys.agent(agent_id), "in_flight", n)
+
+    def agent_ids(self) -> list[str]:
+        return sorted(_s(x) or "" for x in self.r.smembers(self.keys.agents()))
+
+    def agent_info(self, agent_id: str, now: float | None = None) -> AgentInfo:
+        """The agent's state; ``status`` is ``offline`` when no worker heartbeated recently."""
+        return self.agents_info([agent_id], now)[agent_id]
+
+    def agents_info(self, agent_ids: Iterable[str], now: float | None = None) -> dict[str, AgentInfo]:
+        """:meth:`agent_info` of several agents in one round trip (a pipeline)."""
+        now = time.time() if now is None else now
+        ids = list(agent_ids)
+        pipe = self.r.pipeline(transaction=False)
+        for aid in ids:
+            pipe.hgetall(self.keys.agent(aid))
+            pipe.zrangebyscore(self.keys.agent_workers(aid), now - self.stale_s, "+inf")
+        replies = pipe.execute()
+        return {
+            aid: self._agent_info(aid, replies[2 * i], replies[2 * i + 1], now) for i, aid in enumerate(ids)
+        }
+
+    def _agent_info(self, agent_id: str, hash_: Any, workers: Any, now: float) -> AgentInfo:
+        raw = {_s(k) or "": _s(v) or "" for k, v in hash_.items()}
+        live = sorted(_s(x) or "" for x in workers)
+        hb = float(raw["heartbeat"]) if raw.get("heartbeat") else None
+        in_flight = max(0, int(raw.get("in_flight") or 0))
+        status = raw.get("status") or "offline"
+        if not live:
+            status = "offline"
+        elif status not in ("degraded",):
+            status = "busy" if in_flight > 0 else "idle"
+        return AgentInfo(
+            agent_id=agent_id,
+            status=status,
+            live_workers=live,
+            heartbeat_age_s=(now - hb) if hb else None,
+            in_flight=in_flight,
+            processed=int(raw.get("processed") or 0),
+            failed=int(raw.get("failed") or 0),
+            params=json.loads(raw["params"]) if raw.get("params") else {},
+        )
+
+    # -- state transitions ---------------------------------------------------------------
+
+    def push_transitions(self, cid: str, rows: list[Transition], pipe: Any = None) -> None:
+        """Append workers' transitions (RPUSH, one command); in ``pipe`` when given."""
+        if not rows:
+            return
+        target = pipe if pipe is not None else self.r
+        target.rpush(self.keys.transitions(cid), *(t.model_dump_json() for t in rows))
+
+    def pop_transitions(self, cid: str) -> list[Transition]:
+        """Take every queued transition of ``cid`` (LRANGE + DEL in one MULTI)."""
+        return [Transition.model_validate_json(x) for x in self.pop_transitions_raw(cid)]
+
+    def pop_transitions_raw(self, cid: str) -> list[bytes]:
+        """:meth:`pop_transitions` as stored: one ``Transition`` JSON document each."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.lrange(self.keys.transitions(cid), 0, -1)
+        pipe.delete(self.keys.transitions(cid))
+        rows, _ = pipe.execute()
+        return [_b(x) for x in rows]
+
+    # -- system lock ---------------------------------------------------------------------
+
+    def lock_reason(self) -> str | None:
+        """The system lock's reason, or None when unlocked."""
+        return _s(self.r.get(self.keys.system_lock()))
