@@ -18,7 +18,7 @@ catch one root. The tree::
         └── RedisUnavailable   the first connection to a Redis failed: refused, password, host, TLS
 
 Tool errors never travel through Celery: the worker turns them into outcomes
-(DESIGN.md, "Failures are data").
+(docs/architecture.md, "Failures are data").
 
 A :class:`PlanError`'s messages are gathered per file by :class:`FileErrors` and capped at
 :data:`MAX_ERRORS` by :func:`cap_errors`.

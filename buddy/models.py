@@ -1,4 +1,4 @@
-"""Records that cross a process boundary or land in an output file (DESIGN.md, "Outputs").
+"""Records that cross a process boundary or land in an output file (docs/architecture.md, "Outputs").
 
 Every record is a pydantic model; JSONL files hold one ``model_dump_json()`` per line,
 timestamps are timezone-aware UTC, fractions are 0–1 and health is 0–100.
@@ -23,7 +23,7 @@ def utcnow() -> datetime:
 
 
 class Risk(StrEnum):
-    """How much harm a tool's live effect can do; drives escalation (DESIGN.md, safety gates)."""
+    """How much harm a tool's live effect can do; drives escalation (docs/architecture.md, safety gates)."""
 
     LOW = "LOW"
     MEDIUM = "MEDIUM"
@@ -32,7 +32,7 @@ class Risk(StrEnum):
 
 
 class Mode(StrEnum):
-    """Execution mode of a campaign or of one task (DESIGN.md, "Execution modes")."""
+    """Execution mode of a campaign or of one task (docs/architecture.md, "Execution modes")."""
 
     MOCK = "mock"
     DRY_RUN = "dry_run"

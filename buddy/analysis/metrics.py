@@ -1,4 +1,4 @@
-"""Wave metrics: the summary and every metric of a wave, and of a campaign (DESIGN.md, data flow).
+"""Wave metrics: the summary and every metric of a wave, and of a campaign (docs/architecture.md, data flow).
 
 Everything here is pure (no Redis, no Celery, no files); :mod:`buddy.monitor` turns these
 metrics into anomalies and a health score.

@@ -1,4 +1,4 @@
-"""The monitor: anomalies and a health score over wave metrics (DESIGN.md, data flow).
+"""The monitor: anomalies and a health score over wave metrics (docs/architecture.md, data flow).
 
 Everything here is pure (no Redis, no Celery, files only in :func:`write_monitoring`). The
 metrics themselves are :mod:`buddy.wave_metrics` (re-exported here).

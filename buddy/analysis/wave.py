@@ -1,4 +1,4 @@
-"""The feedback loop and monitor over one wave, as the chord body runs them (DESIGN.md, data flow).
+"""The feedback loop and monitor over one wave, as the chord body runs them (docs/architecture.md, data flow).
 
 :func:`analyze` reads the wave's outcomes and the inputs the coordinator stored before it
 sent the wave (:class:`WaveInputs`: where each task was planned, its predicted success, the

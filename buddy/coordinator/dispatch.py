@@ -1,7 +1,7 @@
 """Sending a wave: how many tasks go in one Celery message, and how long a wave may take.
 
 :func:`batch_size` and :func:`wave_deadline_s` are pure; the coordinator applies them when it
-builds a wave's chord (DESIGN.md, data flow).
+builds a wave's chord (docs/architecture.md, data flow).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The campaign loop: dispatch each wave as a Celery chord, wait, write outputs (DESIGN.md, data flow).
+"""The campaign loop: dispatch each wave as a Celery chord, wait, write outputs (docs/architecture.md, data flow).
 
 :class:`Coordinator` takes a validated :class:`~buddy.plan.CampaignPlan` and runs it:
 

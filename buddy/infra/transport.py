@@ -1,7 +1,7 @@
 """The Celery app Buddy sends and runs tasks with, and Redis URLs for each client.
 
 :func:`make_celery` builds a configured app; the coordinator uses it to send signatures by
-task name, so importing :mod:`buddy` needs no worker code (DESIGN.md, "Layout"); the
+task name, so importing :mod:`buddy` needs no worker code (docs/architecture.md, "Layout"); the
 worker side (:mod:`workers`) builds the same app and registers the task functions.
 :func:`redis_client` is the retrying redis-py client of state reads and writes;
 :func:`check_redis` is the one fast probe each command runs first (no retries, a few seconds),
@@ -12,7 +12,7 @@ Configuration and where each comes from (Celery settings):
 - JSON only (``task_serializer``, ``accept_content``, ``result_accept_content``): a pickle
   message is refused by the worker.
 - ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acked after the task
-  ran, and requeued if the worker process died, so no task is lost (DESIGN.md).
+  ran, and requeued if the worker process died, so no task is lost (docs/architecture.md).
 - ``worker_prefetch_multiplier`` 1: a worker reserves one message per process, so long
   batches spread over workers.
 - ``broker_transport_options`` / ``result_backend_transport_options``

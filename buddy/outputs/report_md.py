@@ -1,4 +1,4 @@
-"""``report.md``: what an operator reads after a campaign (DESIGN.md, "Outputs").
+"""``report.md``: what an operator reads after a campaign (docs/architecture.md, "Outputs").
 
 Sections: overview, waves (one row each), agents (one row each), tasks that did not
 succeed (at most 50, with their errors), and what the exit code means.

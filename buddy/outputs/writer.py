@@ -1,4 +1,4 @@
-"""The campaign's output folder (DESIGN.md, "Outputs"): one writer, one place for file names.
+"""The campaign's output folder (docs/architecture.md, "Outputs"): one writer, one place for file names.
 
 Every JSONL line is one pydantic model's ``model_dump_json()``; JSON files are indented.
 Files are written as each wave ends, so a campaign cut short still leaves what it did.

@@ -4,7 +4,7 @@ A *plan* is a JSONL file, one :class:`~buddy.models.PlanTask` per line; blank li
 starting with ``#`` are ignored. An optional *schedule* (JSONL of
 :class:`~buddy.models.ScheduleEntry`) pins tasks to an agent and/or a wave and overrides the
 plan line's ``agent`` / ``wave``. :func:`build_plan` checks everything before anything is
-dispatched (DESIGN.md, "Validate the whole plan before the first dispatch") and raises one
+dispatched (docs/architecture.md, "Validate the whole plan before the first dispatch") and raises one
 :class:`~buddy.errors.PlanError` holding every problem as ``FILE:LINE: message`` (at most
 :data:`MAX_ERRORS`, then ``… and N more errors``).
 

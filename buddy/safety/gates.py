@@ -1,6 +1,6 @@
 """Safety gates: execution modes, escalation thresholds, approvals and the system lock.
 
-DESIGN.md, "Execution modes and safety gates". A campaign started with ``--mode live`` runs a
+docs/architecture.md, "Execution modes and safety gates". A campaign started with ``--mode live`` runs a
 task live only if
 
 1. the system is not locked (``buddy lock``; else the task runs ``mock``),

@@ -1,10 +1,10 @@
-"""Campaign, wave, outcome, claim, agent and event state in Redis (DESIGN.md, "Redis layout").
+"""Campaign, wave, outcome, claim, agent and event state in Redis (docs/architecture.md, "Redis layout").
 
 :class:`Store` wraps one redis-py client; every key it touches is built by :class:`Keys`
 (prefix ``buddy:``). Writes that belong together go in one pipeline (one round trip).
 Outcomes in ``buddy:campaign:<cid>:outcomes`` are the truth for dedupe and resume.
 
-Keys beyond DESIGN.md's table:
+Keys beyond the table in docs/architecture.md:
 
 - ``buddy:agent:<aid>:workers`` (sorted set): worker name → last heartbeat (epoch seconds);
   a worker is live while its score is within ``heartbeat_stale_s``.

@@ -1,4 +1,4 @@
-"""Tool contracts: what a tool takes, returns, risks and promises (DESIGN.md, "Words": tool).
+"""Tool contracts: what a tool takes, returns, risks and promises (docs/architecture.md, "Words": tool).
 
 A :class:`ToolContract` binds a function to its argument and result models (pydantic),
 its risk level, reversibility (with its rollback), idempotency, exclusivity, default
