@@ -1,4 +1,4 @@
-"""The feedback loop: what one wave teaches, as records and learning signals (docs/architecture.md, data flow).
+"""The feedback loop: what one wave teaches, as records and signals (docs/architecture.md, "Data flow").
 
 :func:`analyze_wave` runs in the chord body (``wave_complete``) over the wave's outcomes and
 returns a :class:`WaveFeedback`: per task the prediction against the result, per agent a

@@ -1,4 +1,4 @@
-"""The campaign loop: dispatch each wave as a Celery chord, wait, write outputs (docs/architecture.md, data flow).
+"""The campaign loop: each wave as a Celery chord, waited for, its outputs written (docs/architecture.md).
 
 :class:`Coordinator` takes a validated :class:`~buddy.plan.CampaignPlan` and runs it:
 

@@ -1,4 +1,4 @@
-"""Fenced leases on named resources (docs/architecture.md, "Redis layout": ``buddy:lease:<r>`` / ``buddy:fence:<r>``).
+"""Fenced leases on named resources (docs/architecture.md, "Redis keys": ``buddy:lease:<r>``).
 
 A lease is a time-bounded exclusive claim on a resource (a file, an endpoint); a *fencing
 token* is a number that grows with every grant of that resource's lease, so an effect made
