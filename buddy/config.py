@@ -17,10 +17,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from buddy.errors import ConfigError
+from buddy.errors import ConfigError, SpecialFileError
 from buddy.models import AgentSpec, Mode, Strategy
-from buddy.plan.conflicts import ConflictPolicy
-from buddy.plan.jsonl import NotRegularFileError, read_regular_file
+from buddy.plan.jsonl import read_regular_file
+from buddy.plan.policy import ConflictPolicy
 from buddy.safety.gates import EscalationPolicy
 
 CommaList = Annotated[list[str], NoDecode]
@@ -125,8 +125,8 @@ class CampaignConfig(BaseModel):
     ``shell_allow`` / ``python_allow`` / ``tools`` apply to the local workers that ``buddy run``
     starts itself; workers of a fleet keep their own ``BUDDY_*`` allow-lists. ``escalation``
     holds the confidence threshold per risk level (``low``, ``medium``, ``high``, ``critical``,
-    0–1), ``allow_critical`` and ``auto_approve`` (:class:`buddy.safety.EscalationPolicy`).
-    ``conflicts`` maps a conflict type to its resolution (:mod:`buddy.conflicts`), e.g.
+    0–1), ``allow_critical`` and ``auto_approve`` (:class:`buddy.safety.gates.EscalationPolicy`).
+    ``conflicts`` maps a conflict type to its resolution (:mod:`buddy.plan.conflicts`), e.g.
     ``{write_write: priority}``.
     """
 
@@ -170,7 +170,7 @@ def load_campaign_config(path: Path) -> CampaignConfig:
 
     try:
         raw = read_regular_file(path)
-    except NotRegularFileError as e:
+    except SpecialFileError as e:
         raise ConfigError(f"{path}: {e}") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config: {e.strerror or e}") from None

@@ -1,5 +1,5 @@
 """Assignment: which agent runs each task of a wave (:func:`choose`, used by
-:func:`buddy.plan.build_plan` and :func:`buddy.plan.assign_wave`).
+:func:`buddy.plan.build.build_plan` and :func:`buddy.plan.model.assign_wave`).
 
 Pinned tasks keep their agent. An unpinned task goes only to an *eligible* agent, one
 that offers its tool (:meth:`AgentSpec.offers`). Agent order (the ``agents`` list)
@@ -42,7 +42,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping, Sequence
 
-from buddy.errors import FileErrors, PlanError, cap_errors
+from buddy.errors import FileErrors, PlanError
 from buddy.models import AgentSpec, PlanTask, Strategy
 
 
@@ -128,7 +128,7 @@ def choose(
         free.append(k)
         free_tools.append(t.tool)
     if errors:
-        raise PlanError(cap_errors(errors.sorted()))
+        raise PlanError(errors.sorted())
 
     order: list[int]  # dispatch order
     if strategy == Strategy.ROUND_ROBIN:

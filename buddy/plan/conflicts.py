@@ -13,7 +13,8 @@ Six types:
 ``capability_mismatch``           a task pinned to an agent that does not offer its tool
 ================================  ===========================================================
 
-Four resolutions, and where each applies (:data:`APPLICABLE`; defaults in :data:`DEFAULTS`):
+Four resolutions, and where each applies (:data:`buddy.plan.policy.APPLICABLE`; defaults in
+:data:`buddy.plan.policy.DEFAULTS`; the choice per type is a :class:`~buddy.plan.policy.ConflictPolicy`):
 
 - ``serialize``: split the wave into sub-waves so conflicting tasks never share one; higher
   priority first (greedy: each task, by descending priority then plan order, goes to the
@@ -36,69 +37,21 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
 
 from buddy.errors import PlanError
-from buddy.tools.registry import ToolRegistry
+from buddy.plan.jsonl import gc_paused
+from buddy.plan.model import CampaignPlan, PlannedTask
+from buddy.plan.policy import ConflictPolicy, ConflictType, Resolution
 
-if TYPE_CHECKING:  # plan.py imports config.py, which imports this module's policy
-    from buddy.plan.build import CampaignPlan, PlannedTask
+if TYPE_CHECKING:
     from buddy.tools.contract import ToolContract
-
-
-class ConflictType(StrEnum):
-    WRITE_WRITE = "write_write"
-    READ_WRITE = "read_write"
-    EXCLUSIVE_TOOL = "exclusive_tool"
-    DUPLICATE_IRREVERSIBLE = "duplicate_irreversible"
-    DEPENDENCY_VIOLATION = "dependency_violation"
-    CAPABILITY_MISMATCH = "capability_mismatch"
-
-
-class Resolution(StrEnum):
-    SERIALIZE = "serialize"
-    PRIORITY = "priority"
-    DEDUPLICATE = "deduplicate"
-    REJECT = "reject"
+    from buddy.tools.registry import ToolRegistry
 
 
 T, R = ConflictType, Resolution
-APPLICABLE: dict[ConflictType, frozenset[Resolution]] = {
-    T.WRITE_WRITE: frozenset({R.SERIALIZE, R.PRIORITY, R.REJECT}),
-    T.READ_WRITE: frozenset({R.SERIALIZE, R.PRIORITY, R.REJECT}),
-    T.EXCLUSIVE_TOOL: frozenset({R.SERIALIZE, R.PRIORITY, R.REJECT}),
-    T.DUPLICATE_IRREVERSIBLE: frozenset({R.DEDUPLICATE, R.PRIORITY, R.REJECT}),
-    T.DEPENDENCY_VIOLATION: frozenset({R.SERIALIZE, R.REJECT}),
-    T.CAPABILITY_MISMATCH: frozenset({R.REJECT}),
-}
-DEFAULTS: dict[ConflictType, Resolution] = {
-    T.WRITE_WRITE: R.SERIALIZE,
-    T.READ_WRITE: R.SERIALIZE,
-    T.EXCLUSIVE_TOOL: R.SERIALIZE,
-    T.DUPLICATE_IRREVERSIBLE: R.DEDUPLICATE,
-    T.DEPENDENCY_VIOLATION: R.REJECT,
-    T.CAPABILITY_MISMATCH: R.REJECT,
-}
-
-
-class ConflictPolicy(BaseModel):
-    """The resolution per conflict type (the ``conflicts:`` section of campaign.yaml)."""
-
-    resolutions: dict[ConflictType, Resolution] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _applicable(self) -> ConflictPolicy:
-        for t, r in self.resolutions.items():
-            if r not in APPLICABLE[t]:
-                ok = ", ".join(sorted(x.value for x in APPLICABLE[t]))
-                raise ValueError(f"{r.value} does not apply to {t.value} conflicts (use one of: {ok})")
-        return self
-
-    def of(self, t: ConflictType) -> Resolution:
-        return self.resolutions.get(t, DEFAULTS[t])
 
 
 class Conflict(BaseModel):
@@ -200,15 +153,11 @@ def resolve(plan: CampaignPlan, registry: ToolRegistry, policy: ConflictPolicy) 
 
     Raises :class:`PlanError` for a conflict whose resolution is ``reject``.
     """
-    from buddy.plan.build import gc_paused
-
     with gc_paused():  # like reading the plan: many small objects, no cycles
         return _resolve(plan, registry, policy)
 
 
 def _resolve(plan: CampaignPlan, registry: ToolRegistry, policy: ConflictPolicy) -> ConflictsReport:
-    from buddy.plan.build import PlannedTask
-
     conflicts: list[Conflict] = []
     rejected: list[str] = []
     for tid, w, best, dep in plan.unpinned:
@@ -310,7 +259,7 @@ def _resolve(plan: CampaignPlan, registry: ToolRegistry, policy: ConflictPolicy)
     split = any(max(sub.values(), default=0) > 0 for sub in subs.values())
     if not split:  # nothing moves: keep the plan's waves and tasks as they are
         if rejected:
-            raise PlanError([f"{plan.path}: conflict ({r}); resolution is reject" for r in rejected])
+            raise PlanError((str(plan.path), 0, f"conflict ({r}); resolution is reject") for r in rejected)
         return ConflictsReport(
             policy={t.value: policy.of(t).value for t in ConflictType}, conflicts=conflicts
         )
@@ -332,7 +281,7 @@ def _resolve(plan: CampaignPlan, registry: ToolRegistry, policy: ConflictPolicy)
             buckets[k].append(pt)
         new_waves.update(zip(numbers, buckets, strict=True))
     if rejected:
-        raise PlanError([f"{plan.path}: conflict ({r}); resolution is reject" for r in rejected])
+        raise PlanError((str(plan.path), 0, f"conflict ({r}); resolution is reject") for r in rejected)
     # the moved tasks replace their old records in place (plan order kept, no new 100k dict)
     plan.tasks.update(moved)
     for c in conflicts:

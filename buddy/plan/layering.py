@@ -1,5 +1,5 @@
 """Waves: which wave each task of a plan runs in (:func:`layer_waves`, used by
-:func:`buddy.plan.build_plan`).
+:func:`buddy.plan.build.build_plan`).
 
 A task with an explicit wave (schedule, else plan line) keeps it; it must be greater than
 the wave of each of its dependencies. Any other task goes in ``1 + max(wave of its

@@ -33,7 +33,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel, Field
 
-from buddy.state.store import Keys
+from buddy.state.keys import Keys
 
 log = logging.getLogger("buddy.execution")
 

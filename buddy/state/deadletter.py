@@ -32,7 +32,7 @@ Redis layout (the state Redis, ``BUDDY_REDIS_URL``):
   runs ``LPUSH`` + ``LTRIM 0 maxlen-1`` (``BUDDY_DEADLETTER_MAXLEN``, default 10000) +
   ``HINCRBY`` in one ``MULTI``/``EXEC`` round trip.
 - ``buddy:deadletter:counts`` (hash): reason → records ever pushed. It is what
-  ``buddy_deadletter_total{reason}`` (Prometheus, :class:`buddy.metrics.FleetCollector`)
+  ``buddy_deadletter_total{reason}`` (Prometheus, :class:`buddy.infra.prometheus.FleetCollector`)
   reports: a counter, so :func:`purge` leaves it alone.
 
 Inspect with ``buddy deadletter list [--limit N] [--json]``, empty with ``buddy deadletter

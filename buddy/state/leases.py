@@ -15,7 +15,7 @@ under an old token can be told from one made under the current token (Kleppmann'
   thread renews while the tool runs (:meth:`LeaseManager.hold`).
 - :meth:`Lease.check` is called by a tool right before it commits an effect: it verifies, in
   one script, that this owner still holds the lease and that its token is the newest for the
-  resource; otherwise :class:`LeaseLostError` refuses the effect.
+  resource; otherwise :class:`~buddy.errors.LeaseLostError` refuses the effect.
 - :meth:`Lease.release` deletes only leases still ours (compare-and-delete).
 
 Only ``write`` claims are leased; ``read`` claims are kept apart from writes at plan time
@@ -32,41 +32,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from buddy.errors import RetryableToolError, ToolError
+from buddy.errors import LeaseConflictError, LeaseLostError, StaleCommitError
 from buddy.models import ResourceClaim
-from buddy.state.store import PREFIX
-
-
-class LeaseConflictError(RetryableToolError):
-    """The task could not get its leases within ``lease_wait_s``; ``error_type`` ``conflict``."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, error_type="conflict")
-
-
-class LeaseLostError(ToolError):
-    """A lease expired (or was taken over) before the effect was committed; ``lease_lost``.
-
-    The effect was refused, so nothing is to be undone. ``token`` is the holder's fencing
-    token, ``current_token`` the resource's newest (None when unknown).
-    """
-
-    def __init__(self, message: str, token: int | None = None, current_token: int | None = None) -> None:
-        super().__init__(message, error_type="lease_lost")
-        self.token = token
-        self.current_token = current_token
-
-
-class StaleCommitError(ToolError):
-    """The lease was found lost right *after* an effect was committed (``stale_commit``): the
-    holder was paused between its last check and the commit, so its write may have landed
-    on top of a newer holder's. It cannot be excluded, so the task ends ``needs_review``
-    with both tokens; nothing is rolled back (that would be a stale write too)."""
-
-    def __init__(self, message: str, token: int | None = None, current_token: int | None = None) -> None:
-        super().__init__(message, error_type="stale_commit")
-        self.token = token
-        self.current_token = current_token
+from buddy.state.keys import PREFIX
 
 
 def lease_key(resource: str) -> str:
@@ -138,7 +106,8 @@ class Lease:
         return max(self.tokens.values()) if self.tokens else None
 
     def check(self, resource: str | None = None) -> None:
-        """Raise :class:`LeaseLostError` unless every lease (or ``resource``'s) is still ours and newest."""
+        """Raise :class:`~buddy.errors.LeaseLostError` unless every lease (or ``resource``'s) is
+        still ours and newest."""
         lost = self._lost(resource)
         if lost is not None:
             r, token, current = lost
@@ -150,7 +119,7 @@ class Lease:
             )
 
     def confirm(self) -> None:
-        """Call right *after* committing an effect: raise :class:`StaleCommitError` when a lease
+        """Call right *after* committing an effect: raise :class:`~buddy.errors.StaleCommitError` when a lease
         was lost meanwhile (the commit may have overwritten a newer holder's effect)."""
         lost = self._lost(None)
         if lost is not None:
@@ -221,7 +190,7 @@ class LeaseManager:
         owner: str | None = None,
         on_contention: Callable[[int], None] | None = None,
     ) -> Lease:
-        """Lease every ``write`` claim, in sorted order; raises :class:`LeaseConflictError`
+        """Lease every ``write`` claim, in sorted order; raises :class:`~buddy.errors.LeaseConflictError`
         (after releasing what it got) when one stays held by another owner past ``wait_s``.
         ``on_contention`` (default: the manager's) is called with 1 per try that found a holder."""
         contended = on_contention or self.on_contention

@@ -6,7 +6,7 @@
     validated | approved → queued → running → succeeded | failed | timed_out → rolled_back
     plus skipped (upstream failed, deduplicated) and needs_review (an attempt died mid-way)
 
-Transitions not in :data:`LEGAL` raise :class:`IllegalTransition`. Every transition is
+Transitions not in :data:`LEGAL` raise :class:`~buddy.errors.IllegalTransition`. Every transition is
 recorded as a :class:`Transition` (one line of ``state_transitions.jsonl``): the coordinator
 records its own (validated, awaiting approval, queued, skipped), workers push theirs to Redis
 (``buddy:campaign:<cid>:transitions``) and the coordinator writes them out after each wave.
@@ -33,7 +33,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from buddy.errors import BuddyError
+from buddy.errors import IllegalTransition
 from buddy.models import TaskStatus, utcnow
 
 S = TaskStatus
@@ -69,10 +69,6 @@ LEGAL: dict[TaskStatus, frozenset[TaskStatus]] = {
 }
 
 
-class IllegalTransition(BuddyError):
-    """Raised when a task would move between two states that :data:`LEGAL` does not connect."""
-
-
 class Transition(BaseModel):
     """One line of ``state_transitions.jsonl``.
 
@@ -91,7 +87,7 @@ class Transition(BaseModel):
 
 
 def check(from_state: TaskStatus, to_state: TaskStatus) -> None:
-    """Raise :class:`IllegalTransition` unless ``from_state → to_state`` is legal."""
+    """Raise :class:`~buddy.errors.IllegalTransition` unless ``from_state → to_state`` is legal."""
     if to_state not in LEGAL[from_state]:
         allowed = ", ".join(sorted(s.value for s in LEGAL[from_state])) or "nothing (final)"
         raise IllegalTransition(
@@ -109,7 +105,7 @@ def transition(
     reason: str | None = None,
     at: datetime | None = None,
 ) -> Transition:
-    """A checked :class:`Transition`; raises :class:`IllegalTransition` for an illegal one."""
+    """A checked :class:`Transition`; raises :class:`~buddy.errors.IllegalTransition` for an illegal one."""
     check(from_state, to_state)
     return Transition(
         campaign_id=campaign_id,
@@ -130,7 +126,8 @@ class TaskLifecycle:
         self.state: dict[str, TaskStatus] = dict.fromkeys(task_ids or [], S.PENDING)
 
     def move(self, task_id: str, to_state: TaskStatus, *, by: str, reason: str | None = None) -> Transition:
-        """Move ``task_id`` to ``to_state``; raises :class:`IllegalTransition` (state unchanged)."""
+        """Move ``task_id`` to ``to_state``; raises :class:`~buddy.errors.IllegalTransition`
+        (state unchanged)."""
         t = transition(
             self.campaign_id, task_id, self.state.get(task_id, S.PENDING), to_state, by=by, reason=reason
         )

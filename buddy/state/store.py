@@ -1,14 +1,14 @@
 """Campaign, wave, outcome, claim, agent and event state in Redis (docs/architecture.md, "Redis layout").
 
-:class:`Store` wraps one redis-py client; every key it touches is built by :class:`Keys`
-(prefix ``buddy:``). Writes that belong together go in one pipeline (one round trip).
-Outcomes in ``buddy:campaign:<cid>:outcomes`` are the truth for dedupe and resume.
+:class:`Store` wraps one redis-py client; every key it touches is built by
+:class:`~buddy.state.keys.Keys` (prefix ``buddy:``); the agents' part of it (heartbeats, live
+workers, ``buddy agents``) is :class:`~buddy.state.agents.AgentState`. Writes that belong
+together go in one pipeline (one round trip). Outcomes in ``buddy:campaign:<cid>:outcomes``
+are the truth for dedupe and resume.
 
 Keys beyond the table in docs/architecture.md:
 
-- ``buddy:agent:<aid>:workers`` (sorted set): worker name → last heartbeat (epoch seconds);
-  a worker is live while its score is within ``heartbeat_stale_s``.
-- ``buddy:agents`` (set): every agent id that ever heartbeated.
+- ``buddy:agent:<aid>:workers`` and ``buddy:agents``: see :mod:`buddy.state.agents`.
 - ``buddy:campaign:<cid>:wave:<n>:done`` (list): ``wave_complete`` pushes the wave summary
   here; the coordinator waits on it with BLPOP instead of polling results. The write that
   brings the wave hash's ``done`` counter up to its ``expect`` field (set at dispatch) pushes
@@ -23,7 +23,7 @@ Keys beyond the table in docs/architecture.md:
 - ``buddy:campaign:<cid>:rollbacks`` (list): compensation records (``rollback_events.jsonl``).
 - ``buddy:campaign:<cid>:dispatched`` (hash): task id → ``<wave>:<spec digest>`` of what the
   coordinator sent; a worker runs a task only when its message matches (:meth:`Store.begin_batch`).
-- ``buddy:campaign:<cid>:claim:<task>``: see :mod:`buddy.claims`.
+- ``buddy:campaign:<cid>:claim:<task>``: see :mod:`buddy.state.claims`.
 """
 
 from __future__ import annotations
@@ -37,78 +37,14 @@ from typing import Any
 
 import orjson
 import redis
-from pydantic import BaseModel, Field
 
 from buddy.models import Outcome, RollbackEvent, TaskStatus, WaveSummary, utcnow
+from buddy.state.agents import AgentState
+from buddy.state.keys import Keys, _b, _s
 from buddy.state.lifecycle import Transition
 
-PREFIX = "buddy:"
 #: What a wave's ``:done`` list holds when its members have all reported (no dispatch token).
 WAKE = "- complete"
-
-
-class Keys:
-    """Builders for every Redis key Buddy uses."""
-
-    @staticmethod
-    def campaign(cid: str) -> str:
-        return f"{PREFIX}campaign:{cid}"
-
-    @staticmethod
-    def campaigns() -> str:
-        return f"{PREFIX}campaigns"
-
-    @staticmethod
-    def wave(cid: str, n: int) -> str:
-        return f"{PREFIX}campaign:{cid}:wave:{n}"
-
-    @staticmethod
-    def wave_done(cid: str, n: int) -> str:
-        return f"{PREFIX}campaign:{cid}:wave:{n}:done"
-
-    @staticmethod
-    def outcomes(cid: str) -> str:
-        return f"{PREFIX}campaign:{cid}:outcomes"
-
-    @staticmethod
-    def undo(cid: str) -> str:
-        return f"{PREFIX}campaign:{cid}:undo"
-
-    @staticmethod
-    def dispatched(cid: str) -> str:
-        return f"{PREFIX}campaign:{cid}:dispatched"
-
-    @staticmethod
-    def claim(cid: str, task_id: str) -> str:
-        return f"{PREFIX}campaign:{cid}:claim:{task_id}"
-
-    @staticmethod
-    def rollbacks(cid: str) -> str:
-        return f"{PREFIX}campaign:{cid}:rollbacks"
-
-    @staticmethod
-    def transitions(cid: str) -> str:
-        return f"{PREFIX}campaign:{cid}:transitions"
-
-    @staticmethod
-    def events(cid: str) -> str:
-        return f"{PREFIX}campaign:{cid}:events"
-
-    @staticmethod
-    def agent(aid: str) -> str:
-        return f"{PREFIX}agent:{aid}"
-
-    @staticmethod
-    def agent_workers(aid: str) -> str:
-        return f"{PREFIX}agent:{aid}:workers"
-
-    @staticmethod
-    def agents() -> str:
-        return f"{PREFIX}agents"
-
-    @staticmethod
-    def system_lock() -> str:
-        return f"{PREFIX}lock:system"
 
 
 def spec_digest(item: Mapping[str, Any]) -> str:
@@ -123,7 +59,7 @@ class BatchState:
     """What :meth:`Store.begin_batch` read for a batch, in one round trip.
 
     ``outcomes``: the tasks that already have one; ``claims``: their claim values as stored
-    (:mod:`buddy.claims`); ``lock``: the system lock's reason or None; ``campaign_status``:
+    (:mod:`buddy.state.claims`); ``lock``: the system lock's reason or None; ``campaign_status``:
     the campaign hash's ``status`` (None: no such campaign); ``dispatched``: task id →
     ``<wave>:<digest>`` for the tasks the coordinator recorded (:meth:`Store.record_dispatch`).
     """
@@ -135,31 +71,7 @@ class BatchState:
     dispatched: dict[str, str]
 
 
-class AgentInfo(BaseModel):
-    """One row of ``buddy agents``: an agent's state as its workers last reported it."""
-
-    agent_id: str
-    status: str
-    live_workers: list[str]
-    heartbeat_age_s: float | None
-    in_flight: int
-    processed: int
-    failed: int
-    params: dict[str, Any] = Field(default_factory=dict)
-
-
-def _s(v: bytes | str | None) -> str | None:
-    if v is None:
-        return None
-    return v.decode() if isinstance(v, bytes) else v
-
-
-def _b(v: bytes | str) -> bytes:
-    """A stored value as bytes, whether the client decodes responses or not."""
-    return v.encode() if isinstance(v, str) else v
-
-
-class Store:
+class Store(AgentState):
     """Buddy's Redis state. ``client`` is any redis-py compatible client (fakeredis in unit tests).
 
     ``events_maxlen`` caps each campaign's event stream (``XADD MAXLEN ~``);
@@ -331,7 +243,7 @@ class Store:
 
         ``running_delta`` adjusts the wave's ``running`` counter (claims that end here);
         ``written`` names outcomes already in the hash (recorded under their claim by
-        :meth:`buddy.claims.Claims.commit`): only their counters and event are added here.
+        :meth:`buddy.state.claims.Claims.commit`): only their counters and event are added here.
         """
         if not outcomes:
             return
@@ -436,92 +348,6 @@ class Store:
             f = {_s(k): _s(v) for k, v in fields.items()}
             out.append({"id": _s(eid), "type": f.get("type"), "data": json.loads(f.get("data") or "null")})
         return out
-
-    # -- agents --------------------------------------------------------------------------
-
-    def heartbeat(
-        self,
-        worker: str,
-        agent_ids: Iterable[str],
-        *,
-        status: str = "idle",
-        params: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Record that ``worker`` is alive and serves ``agent_ids`` (ZADD + HSET, one round trip)."""
-        now = time.time()
-        pipe = self.r.pipeline(transaction=False)
-        for aid in agent_ids:
-            pipe.sadd(self.keys.agents(), aid)
-            pipe.zadd(self.keys.agent_workers(aid), {worker: now})
-            fields: dict[str, str | float] = {"heartbeat": now, "status": status}
-            if params is not None:
-                fields["params"] = json.dumps(dict(params))
-            pipe.hset(self.keys.agent(aid), mapping=fields)
-        pipe.execute()
-
-    def worker_gone(self, worker: str, agent_ids: Iterable[str]) -> None:
-        """Remove ``worker`` from its agents' live sets (a clean shutdown)."""
-        pipe = self.r.pipeline(transaction=False)
-        for aid in agent_ids:
-            pipe.zrem(self.keys.agent_workers(aid), worker)
-        pipe.execute()
-
-    def live_workers(self, agent_id: str, now: float | None = None) -> list[str]:
-        """Workers of ``agent_id`` whose last heartbeat is at most ``stale_s`` seconds old."""
-        now = time.time() if now is None else now
-        rows = self.r.zrangebyscore(self.keys.agent_workers(agent_id), now - self.stale_s, "+inf")
-        return sorted(_s(x) or "" for x in rows)
-
-    def set_agent_params(self, params: Mapping[str, Mapping[str, Any]]) -> None:
-        """Record each agent's tuned parameters (``buddy agents`` shows them)."""
-        pipe = self.r.pipeline(transaction=False)
-        for aid, p in params.items():
-            pipe.hset(self.keys.agent(aid), "params", json.dumps(dict(p)))
-        pipe.execute()
-
-    def add_in_flight(self, agent_id: str, n: int) -> None:
-        self.r.hincrby(self.keys.agent(agent_id), "in_flight", n)
-
-    def agent_ids(self) -> list[str]:
-        return sorted(_s(x) or "" for x in self.r.smembers(self.keys.agents()))
-
-    def agent_info(self, agent_id: str, now: float | None = None) -> AgentInfo:
-        """The agent's state; ``status`` is ``offline`` when no worker heartbeated recently."""
-        return self.agents_info([agent_id], now)[agent_id]
-
-    def agents_info(self, agent_ids: Iterable[str], now: float | None = None) -> dict[str, AgentInfo]:
-        """:meth:`agent_info` of several agents in one round trip (a pipeline)."""
-        now = time.time() if now is None else now
-        ids = list(agent_ids)
-        pipe = self.r.pipeline(transaction=False)
-        for aid in ids:
-            pipe.hgetall(self.keys.agent(aid))
-            pipe.zrangebyscore(self.keys.agent_workers(aid), now - self.stale_s, "+inf")
-        replies = pipe.execute()
-        return {
-            aid: self._agent_info(aid, replies[2 * i], replies[2 * i + 1], now) for i, aid in enumerate(ids)
-        }
-
-    def _agent_info(self, agent_id: str, hash_: Any, workers: Any, now: float) -> AgentInfo:
-        raw = {_s(k) or "": _s(v) or "" for k, v in hash_.items()}
-        live = sorted(_s(x) or "" for x in workers)
-        hb = float(raw["heartbeat"]) if raw.get("heartbeat") else None
-        in_flight = max(0, int(raw.get("in_flight") or 0))
-        status = raw.get("status") or "offline"
-        if not live:
-            status = "offline"
-        elif status not in ("degraded",):
-            status = "busy" if in_flight > 0 else "idle"
-        return AgentInfo(
-            agent_id=agent_id,
-            status=status,
-            live_workers=live,
-            heartbeat_age_s=(now - hb) if hb else None,
-            in_flight=in_flight,
-            processed=int(raw.get("processed") or 0),
-            failed=int(raw.get("failed") or 0),
-            params=json.loads(raw["params"]) if raw.get("params") else {},
-        )
 
     # -- state transitions ---------------------------------------------------------------
 

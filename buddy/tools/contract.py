@@ -97,14 +97,14 @@ class ToolContext:
 
     def check_lease(self) -> None:
         """Call right before committing an effect on a leased resource: raises
-        :class:`~buddy.leases.LeaseLostError` (``lease_lost``) when this task's lease expired or
+        :class:`~buddy.errors.LeaseLostError` (``lease_lost``) when this task's lease expired or
         a newer fencing token exists, so a stale holder's effect is refused. No-op unleased."""
         if self.lease_check is not None:
             self.lease_check()
 
     def confirm_lease(self) -> None:
         """Call right *after* committing an effect on a leased resource: raises
-        :class:`~buddy.leases.StaleCommitError` (``stale_commit``) when the lease was lost
+        :class:`~buddy.errors.StaleCommitError` (``stale_commit``) when the lease was lost
         between :meth:`check_lease` and the commit (the worker was paused there), so the task
         ends ``needs_review`` instead of reporting a success that may have overwritten a newer
         holder's effect. No-op unleased."""

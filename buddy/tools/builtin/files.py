@@ -36,133 +36,35 @@ import glob
 import hashlib
 import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, field_validator
 
-from buddy.errors import ToolError
-from buddy.models import ResourceClaim, Risk
-from buddy.tools import ToolContext, file_claim, tool
+from buddy.errors import NotARegularFileError, ToolError
+from buddy.models import Risk
+from buddy.tools import ToolContext, tool
 from buddy.tools.builtin import fspolicy
 from buddy.tools.builtin.basic import DEFAULT_RETRY, NO_RETRY
+from buddy.tools.builtin.fileio import (
+    CHUNK,
+    TMP_SUFFIX,
+    PathArgs,
+    atomic_write,
+    check_target,
+    checked,
+    current,
+    fsync_dir,
+    os_error,
+    read_claim,
+    read_regular,
+    refusal,
+    sha256_hex,
+    write_claim,
+)
 
-_CHUNK = 1024 * 1024
-_TMP_SUFFIX = ".buddy-tmp"
 #: Largest diff (characters) a ``file.write`` preview shows; longer diffs are cut with a note.
 MAX_DIFF_CHARS = 64 * 1024
-
-
-def resolve(path: str, workdir: Path) -> Path:
-    """``path`` made absolute against ``workdir`` (``~`` expanded), as :meth:`ToolContext.path` does."""
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else workdir / p
-
-
-def _os_error(e: OSError, what: str, path: Path) -> ToolError:
-    reason = e.strerror or str(e)
-    return ToolError(f"cannot {what} {path}: {reason}", error_type=type(e).__name__)
-
-
-def _checked(args: PathArgs, ctx: ToolContext, what: str, *, follow_last: bool = True) -> Path:
-    """The real path ``args.path`` names, after the filesystem policy (:func:`fspolicy.check_path`).
-
-    Raises :class:`~buddy.tools.builtin.fspolicy.OutsideRootError` (``OutsideRoot``, denied) or
-    :class:`~buddy.tools.builtin.fspolicy.NotARegularFileError` / ``IsADirectoryError`` (failed).
-    """
-    return fspolicy.check_path(args.path, ctx.workdir, fspolicy.file_root(), what, follow_last=follow_last)
-
-
-def _refusal(
-    args: PathArgs, ctx: ToolContext, what: str, *, follow_last: bool = True
-) -> dict[str, Any] | None:
-    """For a ``dry_run``: the policy's refusal of ``args.path`` (``OutsideRoot`` or
-    ``NotARegularFile``) as ``path``, ``refused`` (the message) and ``error_type``; None when the
-    policy has nothing against it (a directory or a missing file is left to the preview)."""
-    try:
-        _checked(args, ctx, what, follow_last=follow_last)
-    except (fspolicy.OutsideRootError, fspolicy.NotARegularFileError) as e:
-        return {"path": str(ctx.path(args.path)), "refused": str(e), "error_type": e.error_type}
-    except ToolError:
-        pass  # a directory: the preview itself says so
-    return None
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(target: Path, data: bytes, mode: int | None, ctx: ToolContext | None = None) -> None:
-    """Write ``data`` to ``target`` through a temporary file in its directory and ``os.replace``.
-
-    ``mode`` (permission bits) is applied to the new file when given. With ``ctx``, the lease
-    is checked (``ctx.check_lease``) right before the ``os.replace`` that commits the effect,
-    and so is ``target``: something other than a regular file there is never replaced.
-    Raises ``OSError``, :class:`~buddy.leases.LeaseLostError` or
-    :class:`~buddy.tools.builtin.fspolicy.NotARegularFileError` (nothing replaced).
-    """
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=_TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        if ctx is not None:
-            ctx.check_lease()
-        fspolicy.ensure_replaceable(target, "write")
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(target.parent)
-    if ctx is not None:
-        ctx.confirm_lease()  # a pause between the check and the rename: needs_review, not success
-
-
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _current(target: Path) -> bytes | None:
-    """The file's bytes now (None when it does not exist)."""
-    try:
-        return target.read_bytes()
-    except FileNotFoundError:
-        return None
-
-
-def _check_target(target: Path) -> None:
-    """Raise :class:`ToolError` when ``target`` cannot be written as a regular file."""
-    if not target.parent.is_dir():
-        raise ToolError(
-            f"cannot write {target}: parent directory {target.parent} does not exist",
-            error_type="ParentNotFound",
-        )
-    if target.is_dir():
-        raise ToolError(f"cannot write {target}: it is a directory", error_type="IsADirectoryError")
-
-
-class _Args(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PathArgs(_Args):
-    """``path``: the file, absolute or relative to the campaign workdir."""
-
-    path: str = Field(min_length=1)
 
 
 # -- file.sha256 ------------------------------------------------------------------------
@@ -181,32 +83,11 @@ def _sha256_mock(args: PathArgs) -> Sha256Result:
 
 
 def _sha256_dry_run(args: PathArgs, ctx: ToolContext) -> dict[str, Any]:
-    refused = _refusal(args, ctx, "read")
+    refused = refusal(args, ctx, "read")
     if refused is not None:
         return refused
     target = ctx.path(args.path)
     return {"path": str(target), "exists": target.is_file()}
-
-
-def _claim(args: PathArgs, workdir: Path, mode: str) -> list[ResourceClaim]:
-    """The file claim; with ``BUDDY_FILE_ROOT`` set, first the lexical policy check (no
-    filesystem call): raises :class:`~buddy.tools.builtin.fspolicy.OutsideRootError` whose
-    message starts with ``args.path:``, which the plan loader reports on the plan line."""
-    root = fspolicy.file_root()
-    if root is not None:
-        try:
-            fspolicy.check_lexical(args.path, workdir, root)
-        except fspolicy.OutsideRootError as e:
-            raise fspolicy.OutsideRootError(f"args.path: {e}") from None
-    return [file_claim(resolve(args.path, workdir), mode)]
-
-
-def _read_claim(args: PathArgs, workdir: Path) -> list[ResourceClaim]:
-    return _claim(args, workdir, "read")
-
-
-def _write_claim(args: PathArgs, workdir: Path) -> list[ResourceClaim]:
-    return _claim(args, workdir, "write")
 
 
 @tool(
@@ -218,7 +99,7 @@ def _write_claim(args: PathArgs, workdir: Path) -> list[ResourceClaim]:
     idempotent=True,
     timeout_s=300.0,
     retry=DEFAULT_RETRY,
-    resources=_read_claim,
+    resources=read_claim,
     mock=_sha256_mock,
     dry_run=_sha256_dry_run,
 )
@@ -230,17 +111,17 @@ def file_sha256(args: PathArgs, ctx: ToolContext) -> Sha256Result:
     ``IsADirectoryError`` for a directory, or the ``OSError`` class name (e.g.
     ``FileNotFoundError``) when it cannot be read.
     """
-    target = _checked(args, ctx, "read")
+    target = checked(args, ctx, "read")
     digest = hashlib.sha256()
     size = 0
     try:
         fd = fspolicy.open_regular(target, os.O_RDONLY, "read")
         with os.fdopen(fd, "rb") as f:
-            while chunk := f.read(_CHUNK):
+            while chunk := f.read(CHUNK):
                 digest.update(chunk)
                 size += len(chunk)
     except OSError as e:
-        raise _os_error(e, "read", target) from None
+        raise os_error(e, "read", target) from None
     return Sha256Result(sha256=digest.hexdigest(), bytes=size)
 
 
@@ -266,7 +147,7 @@ def _write_mock(args: WriteArgs) -> WriteResult:
 
 
 def _write_dry_run(args: WriteArgs, ctx: ToolContext) -> dict[str, Any]:
-    refused = _refusal(args, ctx, "write")
+    refused = refusal(args, ctx, "write")
     if refused is not None:
         return refused
     target = ctx.path(args.path)
@@ -275,7 +156,7 @@ def _write_dry_run(args: WriteArgs, ctx: ToolContext) -> dict[str, Any]:
     read_error: str | None = None
     if exists:
         try:
-            old = _read_regular(_checked(args, ctx, "write")).decode("utf-8", errors="replace")
+            old = read_regular(checked(args, ctx, "write")).decode("utf-8", errors="replace")
         except (OSError, ToolError) as e:
             read_error = (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
     diff = "".join(
@@ -299,13 +180,6 @@ def _write_dry_run(args: WriteArgs, ctx: ToolContext) -> dict[str, Any]:
     }
 
 
-def _read_regular(target: Path) -> bytes:
-    """The bytes of the regular file ``target`` (:func:`fspolicy.open_regular`); raises ``OSError``
-    or :class:`~buddy.tools.builtin.fspolicy.NotARegularFileError`."""
-    with os.fdopen(fspolicy.open_regular(target, os.O_RDONLY, "read"), "rb") as f:
-        return f.read()
-
-
 def _write_rollback(args: WriteArgs, undo: dict[str, Any], ctx: ToolContext) -> None:
     """Undo a ``file.write``: restore the old bytes (and permissions), or remove a created file.
 
@@ -320,34 +194,34 @@ def _write_rollback(args: WriteArgs, undo: dict[str, Any], ctx: ToolContext) -> 
     try:
         try:
             fspolicy.ensure_replaceable(target, "roll back")
-        except fspolicy.NotARegularFileError:
+        except NotARegularFileError:
             return  # not the file this write made (a FIFO, a device): leave it, never read it
-        now = _current(target)
+        now = current(target)
         old = base64.b64decode(undo["content_b64"]) if undo.get("existed") else None
         if now == old:
             pass  # the write never landed: nothing to undo
-        elif undo.get("written_sha256") and (now is None or _digest(now) != undo["written_sha256"]):
+        elif undo.get("written_sha256") and (now is None or sha256_hex(now) != undo["written_sha256"]):
             raise ToolError(
                 f"cannot roll back {target}: it changed since this task wrote it (another writer); "
                 "left as it is",
                 error_type="ChangedSinceWrite",
             )
         elif old is not None:
-            _atomic_write(target, old, undo.get("mode"), ctx)  # fenced like the write itself
+            atomic_write(target, old, undo.get("mode"), ctx)  # fenced like the write itself
         else:
             try:
                 fspolicy.ensure_replaceable(target, "roll back")
-            except fspolicy.NotARegularFileError:
+            except NotARegularFileError:
                 pass  # not the file this write created: leave it
             else:
                 ctx.check_lease()
                 target.unlink(missing_ok=True)
-                _fsync_dir(target.parent)
+                fsync_dir(target.parent)
                 ctx.confirm_lease()
     except OSError as e:
-        raise _os_error(e, "roll back", target) from None
+        raise os_error(e, "roll back", target) from None
     # A worker that died mid-write leaves its temporary file; the write claim means it is ours.
-    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*{_TMP_SUFFIX}"):
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*{TMP_SUFFIX}"):
         with contextlib.suppress(OSError):
             leftover.unlink()
 
@@ -363,7 +237,7 @@ def _write_rollback(args: WriteArgs, undo: dict[str, Any], ctx: ToolContext) -> 
     idempotent=True,
     timeout_s=60.0,
     retry=DEFAULT_RETRY,
-    resources=_write_claim,
+    resources=write_claim,
     mock=_write_mock,
     dry_run=_write_dry_run,
 )
@@ -379,8 +253,8 @@ def file_write(args: WriteArgs, ctx: ToolContext) -> WriteResult:
     device (``NotARegularFile``: never replaced), or an ``OSError`` stops the read or write
     (``error_type`` its class name).
     """
-    target = _checked(args, ctx, "write")
-    _check_target(target)
+    target = checked(args, ctx, "write")
+    check_target(target)
     data = args.content.encode("utf-8")
     existed, old, mode = False, b"", None
     try:
@@ -388,27 +262,27 @@ def file_write(args: WriteArgs, ctx: ToolContext) -> WriteResult:
     except FileNotFoundError:
         pass
     except OSError as e:
-        raise _os_error(e, "read", target) from None
+        raise os_error(e, "read", target) from None
     else:
         try:
             with os.fdopen(fd, "rb") as f:
                 existed, mode = True, stat.S_IMODE(os.fstat(f.fileno()).st_mode)
                 old = f.read()
         except OSError as e:
-            raise _os_error(e, "read", target) from None
+            raise os_error(e, "read", target) from None
     ctx.record_undo(
         {
             "path": str(target),
             "existed": existed,
             "content_b64": base64.b64encode(old).decode("ascii") if existed else None,
             "mode": mode,
-            "written_sha256": _digest(data),
+            "written_sha256": sha256_hex(data),
         }
     )
     try:
-        _atomic_write(target, data, mode, ctx)
+        atomic_write(target, data, mode, ctx)
     except OSError as e:
-        raise _os_error(e, "write", target) from None
+        raise os_error(e, "write", target) from None
     return WriteResult(bytes=len(data), created=not existed)
 
 
@@ -440,7 +314,7 @@ def _append_mock(args: AppendArgs) -> AppendResult:
 
 
 def _append_dry_run(args: AppendArgs, ctx: ToolContext) -> dict[str, Any]:
-    refused = _refusal(args, ctx, "append to")
+    refused = refusal(args, ctx, "append to")
     if refused is not None:
         return refused
     target = ctx.path(args.path)
@@ -466,7 +340,7 @@ def _append_dry_run(args: AppendArgs, ctx: ToolContext) -> dict[str, Any]:
     idempotent=False,
     timeout_s=60.0,
     retry=NO_RETRY,
-    resources=_write_claim,
+    resources=write_claim,
     mock=_append_mock,
     dry_run=_append_dry_run,
 )
@@ -479,14 +353,14 @@ def file_append(args: AppendArgs, ctx: ToolContext) -> AppendResult:
     (``ParentNotFound``), the path is a directory (``IsADirectoryError``) or a FIFO, socket or
     device (``NotARegularFile``), or an ``OSError`` stops the write.
     """
-    target = _checked(args, ctx, "append to")
-    _check_target(target)
+    target = checked(args, ctx, "append to")
+    check_target(target)
     data = (args.line + "\n").encode("utf-8")
     ctx.check_lease()
     try:
         fd = fspolicy.open_regular(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "append to", 0o644)
     except OSError as e:
-        raise _os_error(e, "open", target) from None
+        raise os_error(e, "open", target) from None
     try:
         view = memoryview(data)
         while view:
@@ -495,7 +369,7 @@ def file_append(args: AppendArgs, ctx: ToolContext) -> AppendResult:
         os.fsync(fd)
         size = os.fstat(fd).st_size
     except OSError as e:
-        raise _os_error(e, "append to", target) from None
+        raise os_error(e, "append to", target) from None
     finally:
         os.close(fd)
     ctx.confirm_lease()
@@ -517,7 +391,7 @@ def _delete_mock(args: PathArgs) -> DeleteResult:
 
 
 def _delete_dry_run(args: PathArgs, ctx: ToolContext) -> dict[str, Any]:
-    refused = _refusal(args, ctx, "delete", follow_last=False)
+    refused = refusal(args, ctx, "delete", follow_last=False)
     if refused is not None:
         return refused
     target = ctx.path(args.path)
@@ -542,7 +416,7 @@ def _delete_dry_run(args: PathArgs, ctx: ToolContext) -> dict[str, Any]:
     idempotent=True,
     timeout_s=60.0,
     retry=DEFAULT_RETRY,
-    resources=_write_claim,
+    resources=write_claim,
     mock=_delete_mock,
     dry_run=_delete_dry_run,
 )
@@ -555,14 +429,14 @@ def file_delete(args: PathArgs, ctx: ToolContext) -> DeleteResult:
     :class:`ToolError` for a directory (``IsADirectoryError``), a FIFO, socket or device
     (``NotARegularFile``: never removed) or when an ``OSError`` stops the removal.
     """
-    target = _checked(args, ctx, "delete", follow_last=False)
+    target = checked(args, ctx, "delete", follow_last=False)
     ctx.check_lease()
     try:
         target.unlink()
     except FileNotFoundError:
         return DeleteResult(deleted=False)
     except OSError as e:
-        raise _os_error(e, "delete", target) from None
-    _fsync_dir(target.parent)
+        raise os_error(e, "delete", target) from None
+    fsync_dir(target.parent)
     ctx.confirm_lease()
     return DeleteResult(deleted=True)

@@ -4,7 +4,7 @@
 Two rules, checked by the tools in ``execute`` and reported by their ``dry_run``:
 
 **Regular files only.** A path that names a FIFO, a socket, a character or block device (e.g.
-``/dev/null``, ``/dev/zero``) is refused with :class:`NotARegularFileError` (a
+``/dev/null``, ``/dev/zero``) is refused with :class:`~buddy.errors.NotARegularFileError` (a
 :class:`~buddy.errors.ToolError`, ``error_type`` ``NotARegularFile``: the outcome is ``failed``);
 a directory with a :class:`~buddy.errors.ToolError` of ``error_type`` ``IsADirectoryError``.
 The check is made on the real path (:func:`check_real`: ``os.path.realpath``, then ``lstat``)
@@ -16,7 +16,7 @@ before its ``os.replace``). ``file.delete`` also removes a symlink itself (not i
 
 **Optional confinement.** When ``BUDDY_FILE_ROOT`` is set (:attr:`buddy.config.Settings.file_root`,
 read by :func:`file_root` on the process that checks: the plan loader on the coordinator,
-the tool on the worker), a path is refused with :class:`OutsideRootError` (a
+the tool on the worker), a path is refused with :class:`~buddy.errors.OutsideRootError` (a
 :class:`~buddy.errors.ToolDeniedError`, ``error_type`` ``OutsideRoot``: the outcome is
 ``denied``, nothing is touched) when
 
@@ -37,24 +37,7 @@ import stat
 from pathlib import Path
 
 from buddy.config import get_settings
-from buddy.errors import ToolDeniedError, ToolError
-
-OUTSIDE_ROOT = "OutsideRoot"
-NOT_A_REGULAR_FILE = "NotARegularFile"
-
-
-class OutsideRootError(ToolDeniedError):
-    """A path resolves outside ``BUDDY_FILE_ROOT`` (``error_type`` ``OutsideRoot``; outcome ``denied``)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, error_type=OUTSIDE_ROOT)
-
-
-class NotARegularFileError(ToolError):
-    """A path names a FIFO, socket or device (``error_type`` ``NotARegularFile``; outcome ``failed``)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, error_type=NOT_A_REGULAR_FILE)
+from buddy.errors import NotARegularFileError, OutsideRootError, ToolError
 
 
 def file_root() -> str | None:

@@ -31,6 +31,7 @@ from buddy.infra.transport import make_celery
 from buddy.state.store import Store
 from buddy.tools import RetryPolicy, ToolContext, tool
 from buddy.tools.registry import ToolRegistry, default_registry
+from tests.helpers import private_redis
 from workers.heartbeat import clock_sample
 
 
@@ -213,10 +214,9 @@ def test_doctor_command_fails_on_the_private_redis(cli: typer.Typer, redis_url: 
 
 @pytest.fixture
 def healthy_redis() -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(appendonly=True, password="doctor-pw-0f3e")
-    server.start()
-    yield server
-    server.stop()
+    """A private Redis with AOF and a password (skipped without redis-server; fails under CI)."""
+    with private_redis(appendonly=True, password="doctor-pw-0f3e") as server:
+        yield server
 
 
 def test_doctor_command_passes_on_a_healthy_fleet(

@@ -1,4 +1,4 @@
-"""A wrong Redis fails fast: :func:`buddy.transport.check_redis` and every command that needs Redis.
+"""A wrong Redis fails fast: :func:`buddy.infra.probes.check_redis` and every command that needs Redis.
 
 Real servers only (no mocks of the network): a private password-protected ``redis-server`` on a
 free TCP port and its unix socket, a free port nobody listens on (refused), a socket that
@@ -10,7 +10,6 @@ the same commands as ``python -m buddy`` processes.
 from __future__ import annotations
 
 import datetime
-import os
 import pickle
 import socket
 import ssl
@@ -25,33 +24,20 @@ from typer.testing import CliRunner
 
 from buddy.cli.app import app
 from buddy.errors import ConfigError, InfrastructureError, RedisUnavailable
+from buddy.infra.probes import check_redis
 from buddy.infra.redis_server import EmbeddedRedis
-from buddy.infra.transport import check_redis, redact_url
+from buddy.infra.transport import redact_url
+from tests.helpers import free_port, private_redis
 
 PASSWORD = "s3cret-0a9f"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 runner = CliRunner()
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nobody listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def locked_redis() -> Iterator[EmbeddedRedis]:
     """A private Redis with ``requirepass`` on a free TCP port and a unix socket."""
-    server = EmbeddedRedis(password=PASSWORD, port=free_port())
-    try:
-        server.start()
-    except InfrastructureError as e:
-        if IN_CI:
-            raise
-        pytest.skip(f"no Redis server for the tests: {e}")
-    yield server
-    server.stop()
+    with private_redis(password=PASSWORD, port=free_port()) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,10 @@ from pydantic import BaseModel, ValidationError
 
 from buddy.errors import PlanError
 from buddy.models import AgentSpec
-from buddy.plan.build import CampaignPlan, build_plan
-from buddy.plan.conflicts import APPLICABLE, DEFAULTS, ConflictPolicy, ConflictType, Resolution, resolve
+from buddy.plan.build import build_plan
+from buddy.plan.conflicts import resolve
+from buddy.plan.model import CampaignPlan
+from buddy.plan.policy import APPLICABLE, DEFAULTS, ConflictPolicy, ConflictType, Resolution
 from buddy.tools import ToolRegistry, tool
 
 T, R = ConflictType, Resolution

@@ -18,18 +18,11 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, Field
 
 from buddy.config import TaskDefaults
-from buddy.errors import PlanError
+from buddy.errors import MAX_ERRORS, PlanError
 from buddy.models import AgentSpec, ResourceClaim, Strategy
-from buddy.plan.build import (
-    MAX_ERRORS,
-    CampaignPlan,
-    PlannedTask,
-    assign_wave,
-    build_plan,
-    load_plan,
-    load_schedule,
-    summary_table,
-)
+from buddy.plan.build import build_plan
+from buddy.plan.load import load_plan, load_schedule
+from buddy.plan.model import CampaignPlan, PlannedTask, assign_wave, summary_table
 from buddy.tools import ToolRegistry, file_claim, tool
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -107,8 +100,8 @@ def build(tmp_path: Path, lines: list[Any], reg: ToolRegistry, **kw: Any) -> Cam
 def errors_of(tmp_path: Path, lines: list[Any], reg: ToolRegistry, **kw: Any) -> list[str]:
     with pytest.raises(PlanError) as info:
         build(tmp_path, lines, reg, **kw)
-    assert str(info.value) == "\n".join(info.value.errors)
-    return info.value.errors
+    assert str(info.value) == "\n".join(info.value.lines())
+    return info.value.lines()
 
 
 def one_error(tmp_path: Path, lines: list[Any], reg: ToolRegistry, **kw: Any) -> str:
@@ -167,7 +160,7 @@ def test_load_plan_does_not_raise(tmp_path: Path, reg: ToolRegistry) -> None:
     tasks, lines, errors = load_plan(path, reg)
     assert [x.task_id for x in tasks] == ["a", "b", "c"]
     assert lines == {"a": 1, "b": 3, "c": 4}
-    assert [e.split(": ")[0] for e in errors] == [f"{path}:2", f"{path}:3"]
+    assert [(s, n) for s, n, _ in errors] == [(str(path), 2), (str(path), 3)]
 
 
 def test_defaults_fill_only_omitted_fields(tmp_path: Path, reg: ToolRegistry) -> None:
@@ -411,7 +404,8 @@ def test_error_missing_file(tmp_path: Path, reg: ToolRegistry) -> None:
     missing = tmp_path / "nope.jsonl"
     with pytest.raises(PlanError) as info:
         build_plan(missing, reg, AGENTS)
-    assert info.value.errors == [f"{missing}: cannot read plan: No such file or directory"]
+    assert info.value.errors == [(str(missing), 0, "cannot read plan: No such file or directory")]
+    assert str(info.value) == f"{missing}: cannot read plan: No such file or directory"
 
 
 def test_error_no_agents(tmp_path: Path, reg: ToolRegistry) -> None:
@@ -467,7 +461,7 @@ def test_load_schedule(tmp_path: Path) -> None:
     ]
     entries, errors = load_schedule(tmp_path / "missing.jsonl")
     assert entries == [] and errors == [
-        f"{tmp_path / 'missing.jsonl'}: cannot read schedule: No such file or directory"
+        (str(tmp_path / "missing.jsonl"), 0, "cannot read schedule: No such file or directory")
     ]
 
 
@@ -757,7 +751,7 @@ def test_assign_wave_raises_for_a_missing_agent(tmp_path: Path, reg: ToolRegistr
         assign_wave(
             plan.waves[1], [AgentSpec(id="a2", tools=["noop"])], Strategy.ROUND_ROBIN, source="p.jsonl"
         )
-    assert info.value.errors == [
+    assert info.value.lines() == [
         "p.jsonl:2: task 'b' is pinned to agent 'a1', which is not among the agents: a2",
         "p.jsonl:3: task 'c': no agent offers tool 't.read'; agents: a2",
     ]

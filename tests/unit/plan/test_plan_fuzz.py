@@ -23,10 +23,14 @@ from typing import Any
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from buddy.errors import PlanError
+from buddy.errors import PlanError, format_problem
 from buddy.models import MAX_WAVE, AgentSpec, Mode, Strategy, TaskSpec
-from buddy.plan.build import MAX_JSON_DEPTH, build_plan, load_plan, load_schedule, summary_table
-from buddy.plan.conflicts import ConflictPolicy, resolve
+from buddy.plan.build import build_plan
+from buddy.plan.conflicts import resolve
+from buddy.plan.jsonl import MAX_JSON_DEPTH
+from buddy.plan.load import load_plan, load_schedule
+from buddy.plan.model import summary_table
+from buddy.plan.policy import ConflictPolicy
 from buddy.tools.registry import default_registry
 
 EXAMPLES = int(os.environ.get("BUDDY_FUZZ_EXAMPLES", "200"))
@@ -341,16 +345,16 @@ def test_validation_never_crashes_and_what_passes_can_be_sent(
     tasks, line_of, errors = load_plan(plan_path, REGISTRY)
     assert len(tasks) == len(line_of)
     if errors:
-        well_formed(errors, plan_path)
+        well_formed([format_problem(e) for e in errors], plan_path)
     if sched_path is not None:
         _, sched_errors = load_schedule(sched_path)
         if sched_errors:
-            well_formed(sched_errors, sched_path)
+            well_formed([format_problem(e) for e in sched_errors], sched_path)
 
     try:
         plan = build_plan(plan_path, REGISTRY, AGENTS, strategy, schedule_path=sched_path, workdir=tmp_path)
     except PlanError as e:
-        well_formed(e.errors, plan_path, *([sched_path] if sched_path else []))
+        well_formed(e.lines(), plan_path, *([sched_path] if sched_path else []))
         event("refused")
         return
     event("built")
@@ -385,7 +389,7 @@ def test_validation_never_crashes_and_what_passes_can_be_sent(
     try:
         report = resolve(plan, REGISTRY, ConflictPolicy())
     except PlanError as e:  # a conflict whose resolution is reject
-        assert e.errors and all(x.startswith(f"{plan_path}: conflict (") for x in e.errors)
+        assert e.errors and all(x.startswith(f"{plan_path}: conflict (") for x in e.lines())
         return
     json.dumps(report.model_dump(mode="json"), allow_nan=False)
     assert all(type(w) is int and w >= 1 for w in plan.waves)

@@ -21,18 +21,14 @@ import pytest
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from buddy.config import load_campaign_config
-from buddy.errors import ConfigError, PlanError
+from buddy.errors import ConfigError, PlanError, format_problem
 from buddy.models import MAX_WAVE, Mode, PlanTask, ScheduleEntry, TaskSpec
-from buddy.plan.build import (
-    MAX_JSON_DEPTH,
-    CampaignPlan,
-    build_plan,
-    load_plan,
-    load_schedule,
-    read_regular_file,
-)
-from buddy.plan.conflicts import ConflictPolicy, resolve
-from buddy.plan.jsonl import screen
+from buddy.plan.build import build_plan
+from buddy.plan.conflicts import resolve
+from buddy.plan.jsonl import MAX_JSON_DEPTH, read_regular_file, screen
+from buddy.plan.load import load_plan, load_schedule
+from buddy.plan.model import CampaignPlan
+from buddy.plan.policy import ConflictPolicy
 from buddy.tools import ToolRegistry, tool
 from tests.unit.plan.test_plan import AGENTS, Empty, _run, make_registry, t, write_lines
 
@@ -61,7 +57,7 @@ def errors_of(tmp_path: Path, lines: list[Any], reg: ToolRegistry, **kw: Any) ->
     path = plan_file(tmp_path, lines)
     with pytest.raises(PlanError) as info:
         build_plan(path, reg, AGENTS, workdir=tmp_path, **kw)
-    return info.value.errors
+    return info.value.lines()
 
 
 def builds(tmp_path: Path, lines: list[Any], reg: ToolRegistry) -> CampaignPlan:
@@ -157,7 +153,7 @@ def test_brackets_in_strings_and_many_shallow_brackets_are_fine(tmp_path: Path, 
 def test_a_deep_schedule_line_is_an_error(tmp_path: Path, reg: ToolRegistry) -> None:
     schedule = write_lines(tmp_path / "s.jsonl", ['{"task_id":"a","agent":' + nested(40, '"a1"') + "}"])
     entries, errors = load_schedule(schedule)
-    assert entries == [] and errors == [f"{schedule}:1: agent nested deeper than 32 levels"]
+    assert entries == [] and errors == [(str(schedule), 1, "agent nested deeper than 32 levels")]
 
 
 # -- numbers ----------------------------------------------------------------------------------
@@ -233,7 +229,8 @@ def test_schedule_numbers(tmp_path: Path) -> None:
             {"task_id": "d", "wave": MAX_WAVE},
         ],
     )
-    entries, errors = load_schedule(schedule)
+    entries, problems = load_schedule(schedule)
+    errors = [format_problem(p) for p in problems]
     assert [e.task_id for _, e in entries] == ["d"]
     assert errors[0] == f"{schedule}:1: wave: Input should be less than or equal to 100000 (got 100001)"
     assert errors[1].startswith(f"{schedule}:2: not valid JSON: ")
@@ -388,7 +385,7 @@ def fifo(tmp_path: Path) -> Iterator[Path]:
 
 def test_a_fifo_plan_is_refused_at_once(fifo: Path, reg: ToolRegistry) -> None:
     tasks, lines, errors = within(10, lambda: load_plan(fifo, reg))
-    assert (tasks, lines, errors) == ([], {}, [f"{fifo}: not a regular file (a FIFO)"])
+    assert (tasks, lines, errors) == ([], {}, [(str(fifo), 0, "not a regular file (a FIFO)")])
 
 
 def test_a_fifo_schedule_and_config_are_refused_at_once(
@@ -399,7 +396,7 @@ def test_a_fifo_schedule_and_config_are_refused_at_once(
     def build() -> list[str]:
         with pytest.raises(PlanError) as info:
             build_plan(plan, reg, AGENTS, schedule_path=fifo, workdir=tmp_path)
-        return info.value.errors
+        return info.value.lines()
 
     assert within(10, build) == [f"{fifo}: not a regular file (a FIFO)"]
 
@@ -416,12 +413,12 @@ def test_devices_and_directories_are_refused(tmp_path: Path, reg: ToolRegistry) 
     if not zero.exists():  # pragma: no cover - not Linux
         pytest.skip("no /dev/zero")
     assert within(10, lambda: load_plan(zero, reg))[2] == [
-        "/dev/zero: not a regular file (a character device)"
+        ("/dev/zero", 0, "not a regular file (a character device)")
     ]
     # /dev/null used to read as an empty config: every default, silently
     with pytest.raises(ConfigError, match=r"^/dev/null: not a regular file \(a character device\)$"):
         load_campaign_config(Path("/dev/null"))
-    assert load_plan(tmp_path, reg)[2] == [f"{tmp_path}: not a regular file (a directory)"]
+    assert load_plan(tmp_path, reg)[2] == [(str(tmp_path), 0, "not a regular file (a directory)")]
 
 
 def test_a_symlink_to_a_regular_file_is_read(tmp_path: Path, reg: ToolRegistry) -> None:

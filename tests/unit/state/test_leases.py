@@ -6,8 +6,9 @@ import time
 
 import pytest
 
+from buddy.errors import LeaseConflictError, LeaseLostError
 from buddy.models import ResourceClaim
-from buddy.state.leases import LeaseConflictError, LeaseLostError, LeaseManager, fence_key, lease_key
+from buddy.state.leases import LeaseManager, fence_key, lease_key
 from buddy.state.store import Store
 
 W = ResourceClaim

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from buddy.errors import IllegalTransition
 from buddy.models import FINAL_STATUSES, TaskStatus
-from buddy.state.lifecycle import LEGAL, IllegalTransition, TaskLifecycle, check, transition
+from buddy.state.lifecycle import LEGAL, TaskLifecycle, check, transition
 
 S = TaskStatus
 ALL = list(TaskStatus)

@@ -13,10 +13,12 @@ from types import SimpleNamespace
 
 import pytest
 
+import buddy.state.agents
 import buddy.state.store
 from buddy.models import Mode, Outcome, StatusCounts, TaskStatus, WaveSummary
 from buddy.state.claims import Claim, Claims
-from buddy.state.store import Keys, Store, spec_digest
+from buddy.state.keys import Keys
+from buddy.state.store import Store, spec_digest
 
 CID = "c1"
 T0 = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -40,6 +42,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     """Replace the ``time`` module :mod:`buddy.state` reads with a hand-driven clock."""
     c = FakeClock()
     monkeypatch.setattr(buddy.state.store, "time", SimpleNamespace(time=c))
+    monkeypatch.setattr(buddy.state.agents, "time", SimpleNamespace(time=c))
     return c
 
 

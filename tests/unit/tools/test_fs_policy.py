@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from buddy.config import get_settings
-from buddy.errors import PlanError, ToolDeniedError, ToolError
+from buddy.errors import NotARegularFileError, OutsideRootError, PlanError, ToolDeniedError, ToolError
 from buddy.models import AgentSpec
 from buddy.plan.build import build_plan
 from buddy.tools import ToolContext, ToolContract, default_registry
@@ -160,9 +160,9 @@ def test_symlink_to_a_fifo_is_refused(tmp_path: Path, fifo: Path) -> None:
 
 def test_device_nodes_are_refused_without_writing(tmp_path: Path) -> None:
     # Only looked at: /dev/null is never opened for writing here.
-    with pytest.raises(fspolicy.NotARegularFileError, match="a character device"):
+    with pytest.raises(NotARegularFileError, match="a character device"):
         fspolicy.check_real("/dev/null", None, "write")
-    with pytest.raises(fspolicy.NotARegularFileError):
+    with pytest.raises(NotARegularFileError):
         fspolicy.check_path("/dev/null", tmp_path, None, "write")
     ctx = make_ctx(tmp_path)
     with pytest.raises(ToolError) as ei:  # a read of /dev/null used to "succeed" with 0 bytes
@@ -175,7 +175,7 @@ def test_device_nodes_are_refused_without_writing(tmp_path: Path) -> None:
 
 def test_open_regular_checks_the_descriptor(tmp_path: Path, fifo: Path) -> None:
     err = in_thread(lambda: fspolicy.open_regular(fifo, os.O_RDONLY, "read"))  # O_NONBLOCK: no wait
-    assert isinstance(err, fspolicy.NotARegularFileError), err
+    assert isinstance(err, NotARegularFileError), err
     (tmp_path / "link").symlink_to(tmp_path / "f")
     (tmp_path / "f").write_text("x")
     with pytest.raises(OSError):  # O_NOFOLLOW: a symlink swapped in is not followed
@@ -186,7 +186,7 @@ def test_open_regular_checks_the_descriptor(tmp_path: Path, fifo: Path) -> None:
 
 def test_write_never_replaces_what_appeared_after_the_check(tmp_path: Path, fifo: Path) -> None:
     fspolicy.ensure_replaceable(tmp_path / "missing", "write")
-    with pytest.raises(fspolicy.NotARegularFileError):
+    with pytest.raises(NotARegularFileError):
         fspolicy.ensure_replaceable(fifo, "write")
 
 
@@ -229,7 +229,7 @@ def test_check_lexical_makes_no_filesystem_call(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(os.path, "realpath", boom)
     monkeypatch.setattr(os.path, "exists", boom)
     assert fspolicy.check_lexical("a/../b.txt", "/srv/root/wd", "/srv/root") == Path("/srv/root/wd/b.txt")
-    with pytest.raises(fspolicy.OutsideRootError):
+    with pytest.raises(OutsideRootError):
         fspolicy.check_lexical("../../x", "/srv/root/wd", "/srv/root")
 
 
@@ -247,7 +247,7 @@ def test_check_lexical_makes_no_filesystem_call(monkeypatch: pytest.MonkeyPatch)
 )
 def test_check_lexical_refuses_paths_outside_the_root(tmp_path: Path, path: str) -> None:
     root = str(tmp_path / "root")
-    with pytest.raises(fspolicy.OutsideRootError) as ei:
+    with pytest.raises(OutsideRootError) as ei:
         fspolicy.check_lexical(path, root, root)
     assert ei.value.error_type == "OutsideRoot"
     assert isinstance(ei.value, ToolDeniedError)
@@ -256,7 +256,7 @@ def test_check_lexical_refuses_paths_outside_the_root(tmp_path: Path, path: str)
 
 def test_check_lexical_prefix_is_not_containment(tmp_path: Path) -> None:
     root = str(tmp_path / "root")
-    with pytest.raises(fspolicy.OutsideRootError):
+    with pytest.raises(OutsideRootError):
         fspolicy.check_lexical(str(tmp_path / "root-evil" / "x"), root, root)
     assert fspolicy.check_lexical("sub/../x", root, root) == Path(root) / "x"
     assert fspolicy.check_lexical(f"{root}/a/./b", "/elsewhere", root) == Path(root) / "a" / "b"
@@ -377,7 +377,7 @@ def test_plan_with_a_path_outside_the_root_fails_validation_on_its_line(tmp_path
     )
     with pytest.raises(PlanError) as ei:
         build_plan(plan, default_registry(), [AgentSpec(id="a1")], workdir=root)
-    assert ei.value.errors == [
+    assert ei.value.lines() == [
         f"{plan}:2: args.path: '../out.txt' resolves to {tmp_path / 'out.txt'}, outside the file root "
         f"{root} (BUDDY_FILE_ROOT)",
         f"{plan}:3: args.path: '/etc/passwd' is outside the file root {root} (BUDDY_FILE_ROOT)",
