@@ -24,7 +24,7 @@ from typing import Any
 from celery.signals import worker_ready, worker_shutdown
 
 from buddy.config import get_settings
-from buddy.state.store import Keys
+from buddy.state.keys import Keys
 
 log = logging.getLogger("buddy.worker")
 AGENT_PREFIX = "buddy.agent."

@@ -1,7 +1,7 @@
 """Buddy's log format in the worker processes (Celery's ``setup_logging`` signal).
 
 With a receiver connected to ``setup_logging``, Celery leaves logging alone and this module
-installs :func:`buddy.logs.setup_logging` instead: ``BUDDY_LOG_FORMAT`` (``text`` or
+installs :func:`buddy.infra.logs.setup_logging` instead: ``BUDDY_LOG_FORMAT`` (``text`` or
 ``json``) at the worker's ``--loglevel``, with the campaign id, task id and worker name on
 every line. ``celeryd_init`` installs it even before that, for the warnings Celery emits first;
 ``celeryd_after_setup`` names the worker (inherited by the pool's children) and,

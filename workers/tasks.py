@@ -1,6 +1,6 @@
 """The Celery tasks: ``buddy.execute_batch`` (chord header) and ``buddy.wave_complete`` (body).
 
-Both are thin: the work is in :mod:`buddy.execution` and :mod:`buddy.monitor`. Tool
+Both are thin: the work is in :mod:`buddy.execution.executor` and :mod:`buddy.analysis.wave`. Tool
 failures come back as outcomes; only infrastructure faults (Redis down) raise, and then
 Celery's ``acks_late`` + ``reject_on_worker_lost`` keep the message.
 """
@@ -15,7 +15,7 @@ from celery import Task
 from celery.signals import task_revoked
 from pydantic import BaseModel, Field, ValidationError
 
-from buddy.analysis.monitor import summarize_wave
+from buddy.analysis.agents import summarize_wave
 from buddy.analysis.wave import analyze
 from buddy.config import get_settings
 from buddy.execution.compensation import compensate
@@ -92,7 +92,7 @@ def _refused(hostname: str) -> Any:
 
 class BatchKwargs(BaseModel):
     """The kwargs of ``buddy.execute_batch``; a message whose kwargs do not validate is
-    dead-lettered (reason ``invalid-kwargs``, :mod:`buddy.deadletter`) and returns ``[]``."""
+    dead-lettered (reason ``invalid-kwargs``, :mod:`buddy.state.deadletter`) and returns ``[]``."""
 
     campaign_id: str = Field(min_length=1)
     wave: int
@@ -134,7 +134,7 @@ def execute_batch(
     policy's backoff as countdown; ``carry`` brings the statuses of the batch's finished
     tasks along, so the chord body sees every task of the batch in the final result.
     Kwargs that do not validate (:class:`BatchKwargs`) are dead-lettered (``invalid-kwargs``,
-    :mod:`buddy.deadletter`) and the batch returns ``[]``: acked, never retried.
+    :mod:`buddy.state.deadletter`) and the batch returns ``[]``: acked, never retried.
     """
     kwargs = {"campaign_id": campaign_id, "wave": wave, "agent_id": agent_id, "items": items, "carry": carry}
     try:  # a forged or corrupt batch is dead-lettered, not raised: it would only fail again
@@ -168,8 +168,8 @@ def execute_batch(
 def wave_complete(
     results: list[list[list[str]]], campaign_id: str, wave: int, token: str = ""
 ) -> dict[str, Any]:
-    """Chord body: the feedback loop and monitor over the wave's outcomes (:func:`buddy.analysis.analyze`),
-    then wake the coordinator with the wave's summary."""
+    """Chord body: the feedback loop and monitor over the wave's outcomes
+    (:func:`buddy.analysis.wave.analyze`), then wake the coordinator with the wave's summary."""
     st = store()
     try:
         summary = analyze(st, campaign_id, wave).summary

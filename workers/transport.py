@@ -5,7 +5,7 @@ a queue item that is not JSON, on a kombu envelope whose ``body`` is not base64,
 body that is not the ``(args, kwargs, embed)`` triple; the last one is back in the queue
 when the worker dies (kombu restores its unacked messages at shutdown), so it stops every
 worker that pops it in turn. Here each bad message is acked, kept as a
-:class:`buddy.deadletter.DeadLetter` in ``buddy:deadletter``, counted
+:class:`buddy.state.deadletter.DeadLetter` in ``buddy:deadletter``, counted
 (``buddy:deadletter:counts``, Prometheus ``buddy_deadletter_total{reason}``) and logged
 at WARNING; the worker goes on serving. Two layers, both only in the worker process:
 

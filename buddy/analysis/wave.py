@@ -2,14 +2,17 @@
 
 :func:`analyze` reads the wave's outcomes and the inputs the coordinator stored before it
 sent the wave (:class:`WaveInputs`: where each task was planned, its predicted success, the
-agents in service, approvals and conflicts), then computes the feedback
-(:mod:`buddy.feedback`), the metrics, anomalies and health (:mod:`buddy.monitor`), and
-stores a :class:`WaveReport`. It is idempotent: a redelivered chord body, or the coordinator
-closing a wave whose body never ran, gets the stored report back.
+agents in service, approvals and conflicts), then computes the summary
+(:mod:`buddy.analysis.agents`), the feedback (:mod:`buddy.analysis.feedback`), the metrics
+(:mod:`buddy.analysis.wave_metrics`), anomalies (:mod:`buddy.analysis.anomalies`) and health
+(:mod:`buddy.analysis.health`), and stores a :class:`WaveReport`. It is idempotent: a
+redelivered chord body, or the coordinator closing a wave whose body never ran, gets the
+stored report back.
 
 Redis keys (prefix ``buddy:campaign:<cid>``): ``:wave:<n>:inputs`` and ``:wave:<n>:report``
-(strings, JSON), ``:feedback`` (the running :class:`~buddy.feedback.FeedbackState`) and
-``:metrics`` (list of every wave's :class:`~buddy.monitor.WaveMetrics`, oldest first).
+(strings, JSON), ``:feedback`` (the running :class:`~buddy.analysis.feedback.FeedbackState`)
+and ``:metrics`` (list of every wave's :class:`~buddy.analysis.metrics.WaveMetrics`, oldest
+first).
 """
 
 from __future__ import annotations
@@ -18,19 +21,16 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from buddy.analysis.agents import summarize_wave
+from buddy.analysis.anomalies import Anomaly, detect_anomalies
 from buddy.analysis.feedback import FeedbackState, WaveFeedback, analyze_wave
-from buddy.analysis.monitor import (
-    Anomaly,
-    HealthReport,
-    MonitorConfig,
-    WaveMetrics,
-    compute_wave_metrics,
-    detect_anomalies,
-    health,
-    summarize_wave,
-)
+from buddy.analysis.health import HealthReport, health
+from buddy.analysis.metrics import WaveMetrics
+from buddy.analysis.monitor import MonitorConfig
+from buddy.analysis.wave_metrics import compute_wave_metrics
 from buddy.models import AgentSpec, Outcome, WaveSummary
-from buddy.state.store import PREFIX, Store
+from buddy.state.keys import PREFIX
+from buddy.state.store import Store
 
 
 class WaveInputs(BaseModel):

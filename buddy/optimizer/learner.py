@@ -1,7 +1,8 @@
 """Learning between waves: what the coordinator does with each wave's report (issue 5).
 
-After wave ``n`` the :class:`Learner` takes the chord body's :class:`~buddy.analysis.WaveReport`
-(or computes it when the body never ran), writes the feedback and monitoring files, aborts
+After wave ``n`` the :class:`Learner` takes the chord body's :class:`~buddy.analysis.wave.WaveReport`
+(or computes it when the body never ran), has :mod:`buddy.outputs.analysis_files` write the
+feedback and monitoring files, aborts
 on ``--min-health``, and, unless ``--no-optimize``, prepares wave ``n + 1``:
 
 1. the meta-optimizer picks a goal from the metrics so far and says why (log and report);
@@ -19,41 +20,32 @@ on ``--min-health``, and, unless ``--no-optimize``, prepares wave ``n + 1``:
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 
 from celery import Celery
 from rich.console import Console
 
-from buddy.analysis.feedback import write_feedback
-from buddy.analysis.monitor import (
-    CampaignMetrics,
-    HealthReport,
-    MonitorConfig,
-    WaveMetrics,
-    below_min_health,
-    campaign_metrics,
-    health,
-    write_monitoring,
-    write_system_health,
-)
+from buddy.analysis.campaign_metrics import campaign_metrics
+from buddy.analysis.health import HealthReport, below_min_health, health
+from buddy.analysis.metrics import CampaignMetrics, WaveMetrics
+from buddy.analysis.monitor import MonitorConfig
 from buddy.analysis.wave import WaveInputs, WaveReport, analyze, store_inputs
 from buddy.errors import CampaignAborted
 from buddy.models import Outcome, ScheduleAdjustment
-from buddy.optimizer.tuning import (
-    AdaptiveScheduler,
-    AgentTuner,
-    MetaOptimizer,
-    OptimizerDecision,
-    ParameterChange,
-    TunedParameters,
-    plan_pool_changes,
+from buddy.optimizer.meta import MetaOptimizer, OptimizerDecision
+from buddy.optimizer.scheduler import AdaptiveScheduler
+from buddy.optimizer.tuner import AgentTuner, ParameterChange, TunedParameters, plan_pool_changes
+from buddy.outputs.analysis_files import (
+    write_feedback,
+    write_monitoring,
+    write_system_health,
+    write_tuned_parameters,
 )
+from buddy.outputs.campaign import CampaignFiles
 from buddy.outputs.writer import OutputWriter
-from buddy.plan.build import CampaignPlan, PlannedTask
+from buddy.plan.model import CampaignPlan, PlannedTask
 from buddy.state.store import Store
 
 log = logging.getLogger("buddy.learning")
-TUNED = "tuned_parameters.jsonl"
 
 
 class Learner:
@@ -128,9 +120,9 @@ class Learner:
         health is below ``--min-health`` (after the files are written)."""
         report = analyze(self.store, self.cid, n)
         self.reports.append(report)
-        write_feedback(self.out.root, report.feedback)
+        write_feedback(self.out, report.feedback)
         write_monitoring(
-            self.out.root,
+            self.out,
             report.metrics,
             report.anomalies,
             report.health,
@@ -168,11 +160,7 @@ class Learner:
         self.changes += changes
         self.store.set_agent_params({aid: t.model_dump(mode="json") for aid, t in self.tuned.items()})
         self._apply_pools(plan_pool_changes(current, self.tuned))
-        by_agent: dict[str, list[ParameterChange]] = defaultdict(list)
-        for c in changes:
-            by_agent[c.agent_id].append(c)
-        for aid, tuned_rows in by_agent.items():
-            self.out.write_jsonl(self.out.agent_dir(n, aid) / TUNED, tuned_rows, append=True)
+        write_tuned_parameters(self.out, n, changes)
         self.scheduler.observe(self.reports[-1].metrics)
         agents = [a for a in self.plan.agents if a.id in healthy] or self.plan.agents
         new, moves = self.scheduler.assign(self.plan.waves[n], agents, healthy, goal=decision.goal)
@@ -181,11 +169,7 @@ class Learner:
             self.plan.tasks[pt.task.task_id] = pt
         self.plan.agent_weights = {aid: t.confidence_weight for aid, t in self.tuned.items()}
         self.adjustments += moves
-        by_to: dict[str, list[ScheduleAdjustment]] = defaultdict(list)
-        for m in moves:
-            by_to[m.to_agent].append(m)
-        for to, rows in by_to.items():
-            self.out.write_jsonl(self.out.agent_dir(n, to) / OutputWriter.ADJUSTED, rows, append=True)
+        CampaignFiles(self.out, [a.id for a in self.plan.agents]).adjustments(n, moves)
         if moves:
             self.console.print(f"optimizer, wave {n}: moved {len(moves)} task(s) (adjusted_schedule.jsonl)")
 
@@ -216,5 +200,5 @@ class Learner:
         cm = campaign_metrics(waves, outcomes)
         anomalies = [a for r in self.reports for a in r.anomalies]  # every wave's, in order
         report = health(cm, anomalies, self.monitor)
-        write_system_health(self.out.root, cm, anomalies, report, [r.health for r in self.reports])
+        write_system_health(self.out, cm, anomalies, report, [r.health for r in self.reports])
         return cm, report

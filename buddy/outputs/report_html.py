@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from buddy.analysis.feedback import executed
-from buddy.analysis.monitor import HealthReport, WaveMetrics, percentile
+from buddy.analysis.health import HealthReport
+from buddy.analysis.metrics import WaveMetrics, percentile
+from buddy.analysis.outcomes import executed
 from buddy.models import Outcome
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from buddy.models import ExecutionSummary, Outcome, RollbackEvent, TaskStatus
-from buddy.plan.build import CampaignPlan
+from buddy.plan.model import CampaignPlan
 from buddy.safety.gates import Approval, EscalationPolicy
 
 MAX_LISTED = 50
@@ -32,7 +32,7 @@ class ReportContext:
     max_failures: int | None = None
     approvals: list[Approval] = field(default_factory=list)
     rollbacks: list[RollbackEvent] = field(default_factory=list)
-    reports: list[Any] = field(default_factory=list)  # buddy.analysis.WaveReport per wave
+    reports: list[Any] = field(default_factory=list)  # buddy.analysis.wave.WaveReport per wave
     optimizer: str = ""  # the "What the optimizer changed and why" section (Markdown)
 
 

@@ -28,6 +28,13 @@ class OutputWriter:
     ASSIGNMENTS = "agent_assignments.jsonl"
     ADJUSTED = "adjusted_schedule.jsonl"
     EXECUTED = "executed_tasks.jsonl"
+    METRICS = "metrics.jsonl"
+    ANOMALIES = "anomalies.jsonl"
+    HEALTH = "system_health.json"
+    AGENT_METRICS = "agent_metrics.jsonl"
+    TUNED = "tuned_parameters.jsonl"
+    SIGNALS = "learning_signals.jsonl"
+    FEEDBACK = "feedback"
 
     def __init__(self, root: Path) -> None:
         self.root = root

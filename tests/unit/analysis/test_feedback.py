@@ -8,21 +8,18 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from buddy.analysis.calibration import Calibration, bin_index
 from buddy.analysis.feedback import (
-    ALL_SIGNALS_FILE,
-    SIGNAL_ROUTES,
-    Calibration,
     FeedbackState,
-    LearningSignal,
     agent_performance,
     analyze_wave,
-    bin_index,
-    signal_path,
     tool_reliability,
     validate_predictions,
-    write_feedback,
 )
+from buddy.analysis.signals import SIGNAL_TARGETS, LearningSignal
 from buddy.models import AttemptError, Mode, Outcome, TaskStatus
+from buddy.outputs.analysis_files import SIGNAL_FILES, signal_path, write_feedback
+from buddy.outputs.writer import OutputWriter
 
 T0 = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)
 NOW = datetime(2024, 1, 1, 13, 0, 0, tzinfo=UTC)
@@ -145,7 +142,7 @@ def test_agent_performance_score_by_hand() -> None:
     assert fast.speed_score == 1.0 and fast.performance_score == pytest.approx(1.0)
     # slow: mean 800 ms → speed 200 / 800 = 0.25, success 1 / 2 → 0.6 × 0.5 + 0.4 × 0.25 = 0.4
     assert slow.speed_score == pytest.approx(0.25) and slow.performance_score == pytest.approx(0.4)
-    assert slow.tasks == 2  # the skipped task did not run
+    assert (slow.tasks, slow.executed) == (3, 2)  # the skipped task did not run
     assert fast.coordination_issues == {"off_plan": 1}  # b was planned on slow
     assert slow.coordination_issues == {"conflict": 1, "upstream_failed": 1}
     assert slow.brier == pytest.approx(0.25) and slow.mean_predicted == pytest.approx(0.5)
@@ -201,10 +198,10 @@ def test_every_signal_type_from_a_crafted_wave() -> None:
     by_type: dict[str, list[LearningSignal]] = {}
     for s in fb.signals:
         by_type.setdefault(s.signal_type, []).append(s)
-        assert s.target_phase == SIGNAL_ROUTES[s.signal_type][0]
+        assert s.target_phase == SIGNAL_TARGETS[s.signal_type]
         assert s.generated_at == NOW and s.wave == 1 and s.campaign_id == "c1"
         assert 0.0 <= s.confidence <= 1.0
-    assert set(by_type) == set(SIGNAL_ROUTES)
+    assert set(by_type) == set(SIGNAL_TARGETS)
     # one per executed predicted task + one calibration summary
     kinds_ = [s.content["kind"] for s in by_type["prediction_validation"]]
     assert kinds_ == ["task", "task", "task", "calibration"]
@@ -233,7 +230,9 @@ def test_a_quiet_wave_emits_no_mismatch_conflict_or_coordination_signal() -> Non
 
 
 def test_routing_table_is_the_issues() -> None:
-    assert SIGNAL_ROUTES == {
+    routes = {k: (SIGNAL_TARGETS[k], SIGNAL_FILES[k]) for k in SIGNAL_TARGETS}
+    assert set(SIGNAL_FILES) == set(SIGNAL_TARGETS)
+    assert routes == {
         "heuristic_feedback": ("phase16", "heuristic_feedback.jsonl"),
         "agent_performance": ("phase18", "coordination_feedback.jsonl"),
         "multi_agent_coordination": ("phase18", "coordination_feedback.jsonl"),
@@ -248,16 +247,16 @@ def test_routing_table_is_the_issues() -> None:
 def test_write_feedback_appends_routed_jsonl(tmp_path) -> None:
     outs, pred = crafted()
     fb = analyze_wave("c1", 1, outs, pred, approved={"t2"}, conflicts=[{"resource": "r"}], now=NOW)
-    paths = write_feedback(tmp_path, fb)
-    write_feedback(tmp_path, fb)  # appends
-    all_lines = (tmp_path / ALL_SIGNALS_FILE).read_text().splitlines()
+    paths = write_feedback(OutputWriter(tmp_path), fb)
+    write_feedback(OutputWriter(tmp_path), fb)  # appends
+    all_lines = (tmp_path / "learning_signals.jsonl").read_text().splitlines()
     assert len(all_lines) == 2 * len(fb.signals)
     assert tmp_path / "feedback" / "phase16" / "heuristic_feedback.jsonl" in paths
-    for kind in SIGNAL_ROUTES:
+    for kind in SIGNAL_TARGETS:
         path = signal_path(tmp_path, kind)
         rows = [LearningSignal.model_validate_json(line) for line in path.read_text().splitlines()]
         assert kind in {r.signal_type for r in rows}
-        assert all(SIGNAL_ROUTES[r.signal_type] == SIGNAL_ROUTES[kind] for r in rows)
+        assert all(signal_path(tmp_path, r.signal_type) == path for r in rows)
     first = json.loads(all_lines[0])
     assert set(first) >= {"signal_type", "target_phase", "content", "confidence", "generated_at"}
 

@@ -8,20 +8,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from buddy.analysis.feedback import Calibration
-from buddy.analysis.monitor import AgentWaveMetrics, WaveMetrics, compute_wave_metrics
+from buddy.analysis.calibration import Calibration
+from buddy.analysis.metrics import AgentWaveMetrics, WaveMetrics
+from buddy.analysis.wave_metrics import compute_wave_metrics
 from buddy.models import AgentSpec, AttemptError, Mode, Outcome, PlanTask, TaskStatus
-from buddy.optimizer.tuning import (
-    AdaptiveScheduler,
-    AgentTuner,
-    MetaOptimizer,
-    OptimizationGoal,
-    SchedulerConfig,
-    TunedParameters,
-    optimizer_markdown,
-    plan_pool_changes,
-)
-from buddy.plan.build import PlannedTask
+from buddy.optimizer.meta import MetaOptimizer, OptimizationGoal
+from buddy.optimizer.scheduler import AdaptiveScheduler, SchedulerConfig
+from buddy.optimizer.tuner import AgentTuner, TunedParameters, plan_pool_changes
+from buddy.outputs.optimizer_md import optimizer_markdown
+from buddy.plan.model import PlannedTask
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 G = OptimizationGoal

@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from buddy.analysis.monitor import HealthReport, WaveMetrics, compute_wave_metrics, detect_anomalies, health
+from buddy.analysis.anomalies import detect_anomalies
+from buddy.analysis.health import HealthReport, health
+from buddy.analysis.metrics import WaveMetrics
+from buddy.analysis.wave_metrics import compute_wave_metrics
 from buddy.models import AgentSpec, Mode, Outcome, TaskStatus
 from buddy.outputs.report_html import LatencyChart, render_html
 

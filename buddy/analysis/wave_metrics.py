@@ -1,0 +1,212 @@
+"""Computing one wave's metrics (:class:`~buddy.analysis.metrics.WaveMetrics`) from its outcomes.
+
+Pure: no Redis, no files. Per-agent counts, mean duration, throughput and the wave window
+come from :mod:`buddy.analysis.agents`, so ``metrics.jsonl`` agrees with the wave summaries
+of ``execution_summary.json`` (docs/architecture.md, "Data flow").
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+from buddy.analysis.agents import AgentTally, ratio, status_counts, tally_agents, throughput_tps, wave_window
+from buddy.analysis.calibration import calibration_of
+from buddy.analysis.metrics import (
+    AgentWaveMetrics,
+    ToolWaveMetrics,
+    WaveMetrics,
+    balance,
+    clip01,
+    percentile,
+)
+from buddy.analysis.outcomes import (
+    CONFLICT_ERRORS,
+    COORDINATION_ERRORS,
+    attempts_of,
+    error_types,
+    failed_attempts,
+)
+from buddy.models import AgentSpec, Mode, Outcome, TaskStatus
+
+
+def compute_wave_metrics(
+    wave: int,
+    outcomes: Sequence[Outcome],
+    planned: Mapping[str, tuple[str, int]],
+    predicted: Mapping[str, float],
+    agents: Sequence[AgentSpec],
+    *,
+    approvals_requested: int = 0,
+    approvals_granted: int = 0,
+    conflicts: int = 0,
+    previous: Sequence[WaveMetrics] = (),
+    campaign_id: str | None = None,
+) -> WaveMetrics:
+    """The :class:`WaveMetrics` of one wave (definitions in :class:`~buddy.analysis.metrics.Metrics`).
+
+    ``outcomes``: every outcome of the wave, skipped and denied included. ``planned``: task id
+    → ``(agent, wave)`` as dispatched (after the optimizer), so adherence measures what
+    happened at execution. ``predicted``: task id → ``predicted_success`` (0–1). ``agents``:
+    the agents in service for this wave with their concurrency (an agent drained on purpose
+    and left out does not count as idle). ``approvals_*``: this wave's approval requests and
+    grants; ``conflicts``: tasks the planner found in a resource conflict. ``previous``: the
+    earlier waves' metrics (oldest first; the last one's ``running_calibration`` already
+    holds every wave before it).
+    """
+    cid = campaign_id if campaign_id is not None else (outcomes[0].campaign_id if outcomes else "")
+    counts = status_counts(outcomes)
+    tallies = tally_agents(outcomes, (a.id for a in agents))
+    ran = [o for t in tallies.values() for o in t.ran]
+    _, _, wall = wave_window(outcomes)
+    conc = {a.id: a.concurrency for a in agents}
+    agent_rows = {
+        aid: _agent_metrics(t, wave, conc.get(aid, 1), aid in conc, wall, predicted)
+        for aid, t in tallies.items()
+    }
+    busy = sum(t.busy_ms for t in tallies.values()) / 1000.0
+    slots = sum(conc.values())
+    attempts = sum(attempts_of(o) for o in ran)
+    retries = sum(attempts_of(o) - 1 for o in ran)
+    durations = [o.duration_ms for o in ran]
+    cal = calibration_of(ran, predicted)
+    in_plan = [o for o in ran if o.task_id in planned]
+    on_plan = sum(tuple(planned[o.task_id]) == (o.agent_id, o.wave) for o in in_plan)  # lists from JSON too
+    rolled = sum(o.rolled_back or o.status is TaskStatus.ROLLED_BACK for o in ran)
+    runtime_conflicts = sum(bool(error_types(o) & CONFLICT_ERRORS) for o in outcomes)
+    conflict_total = conflicts + runtime_conflicts
+    live = [o for o in ran if o.mode is Mode.LIVE]
+    live_unrolled = sum(
+        o.status is not TaskStatus.SUCCEEDED and not o.rolled_back and o.status is not TaskStatus.ROLLED_BACK
+        for o in live
+    )
+    live_preds = [predicted[o.task_id] for o in live if o.task_id in predicted]
+    patterns: Counter[str] = Counter(
+        f"{o.tool or '-'}:{o.error_type}"
+        for o in ran
+        if o.status is not TaskStatus.SUCCEEDED and o.error_type is not None
+    )
+    coordination = sum(bool(error_types(o) & set(COORDINATION_ERRORS)) for o in outcomes)
+    in_service = [agent_rows[a.id] for a in agents]
+    ideal, assigned = _makespans(in_service, len(ran), busy)
+    # the latest earlier wave carries the running total of all before it
+    running = previous[-1].running_calibration.merge(cal) if previous else cal
+    return WaveMetrics(
+        campaign_id=cid,
+        wave=wave,
+        tasks=counts.total,
+        executed=len(ran),
+        succeeded=counts.succeeded,
+        by_status=dict(sorted(counts.by_status.items())),
+        success_rate=ratio(counts.succeeded, counts.total),
+        wall_s=wall,
+        throughput_tps=throughput_tps(len(ran), wall),
+        busy_s=busy,
+        slots=slots,
+        slot_s=wall * slots,
+        agent_utilization=clip01(busy / (wall * slots)) if wall > 0 and slots else 0.0,
+        load_balance=balance([r.utilization for r in in_service]),
+        calibration=cal,
+        brier=cal.brier,
+        ece=cal.ece,
+        confidence=1.0 - cal.ece,
+        prediction_bias=cal.mean_predicted - cal.observed if cal.n else 0.0,
+        planned=len(in_plan),
+        on_plan=on_plan,
+        schedule_adherence=on_plan / len(in_plan) if in_plan else 1.0,
+        attempts=attempts,
+        retries=retries,
+        retry_rate=ratio(retries, attempts),
+        latency_p50_ms=percentile(durations, 50),
+        latency_p95_ms=percentile(durations, 95),
+        latency_p99_ms=percentile(durations, 99),
+        rolled_back=rolled,
+        rollback_frequency=ratio(rolled, len(ran)),
+        conflicts=conflict_total,
+        conflict_rate=min(1.0, conflict_total / counts.total) if counts.total else 0.0,
+        live=len(live),
+        live_execution_ratio=ratio(len(live), len(ran)),
+        approvals_requested=approvals_requested,
+        approvals_granted=approvals_granted,
+        approval_rate=min(1.0, approvals_granted / approvals_requested) if approvals_requested else 1.0,
+        ideal_makespan_s=ideal,
+        assigned_makespan_s=assigned,
+        optimization_efficiency=clip01(ideal / assigned) if assigned > 0 else 1.0,
+        coordination_issues=coordination,
+        live_failed_unrolled=live_unrolled,
+        live_min_predicted=min(live_preds) if live_preds else None,
+        failure_patterns=dict(sorted(patterns.items())),
+        agents=agent_rows,
+        tools=_tools(ran),
+        running_calibration=running,
+    )
+
+
+def _agent_metrics(
+    t: AgentTally,
+    wave: int,
+    concurrency: int,
+    in_service: bool,
+    wall: float,
+    predicted: Mapping[str, float],
+) -> AgentWaveMetrics:
+    """One agent's row; ``wall`` is the wave's wall time (seconds)."""
+    ran = t.ran
+    busy = t.busy_ms / 1000.0
+    attempts = sum(attempts_of(o) for o in ran)
+    failed = sum(failed_attempts(o) for o in ran)
+    retried = [o for o in ran if attempts_of(o) > 1]
+    preds = [(predicted[o.task_id], o.status is TaskStatus.SUCCEEDED) for o in ran if o.task_id in predicted]
+    durations = [o.duration_ms for o in ran]
+    return AgentWaveMetrics(
+        agent_id=t.agent_id,
+        wave=wave,
+        concurrency=concurrency,
+        in_service=in_service,
+        tasks=t.tasks,
+        executed=t.executed,
+        succeeded=t.succeeded,
+        attempts=attempts,
+        failed_attempts=failed,
+        success_rate=t.success_rate,
+        attempt_success_rate=clip01((attempts - failed) / attempts) if attempts else 1.0,
+        busy_s=busy,
+        mean_duration_ms=t.mean_duration_ms,
+        slot_s=wall * concurrency,
+        utilization=clip01(busy / (wall * concurrency)) if wall > 0 else 0.0,
+        throughput_tps=t.throughput_tps(wall),
+        retries=attempts - len(ran),
+        retried=len(retried),
+        retried_succeeded=sum(o.status is TaskStatus.SUCCEEDED for o in retried),
+        predicted_n=len(preds),
+        predicted_sum=sum(p for p, _ in preds),
+        predicted_succeeded=sum(y for _, y in preds),
+        latency_p95_ms=percentile(durations, 95),
+        latency_p99_ms=percentile(durations, 99),
+    )
+
+
+def _tools(ran: Sequence[Outcome]) -> dict[str, ToolWaveMetrics]:
+    """One row per tool of the executed outcomes, sorted by tool."""
+    tools: dict[str, ToolWaveMetrics] = {}
+    for o in ran:
+        t = tools.setdefault(o.tool or "-", ToolWaveMetrics(tool=o.tool or "-"))
+        t.executed += 1
+        t.succeeded += o.status is TaskStatus.SUCCEEDED
+        t.attempts += attempts_of(o)
+        t.failed_attempts += failed_attempts(o)
+    return dict(sorted(tools.items()))
+
+
+def _makespans(rows: Sequence[AgentWaveMetrics], executed_n: int, busy_s: float) -> tuple[float, float]:
+    """(ideal, assigned) makespan in seconds over the agents in service (:class:`Metrics`)."""
+    if not rows or executed_n == 0 or busy_s <= 0:
+        return 0.0, 0.0
+    wave_mean = busy_s / executed_n
+    capacity = 0.0
+    for r in rows:
+        mean_s = r.busy_s / r.executed if r.executed else wave_mean
+        capacity += r.concurrency / mean_s if mean_s > 0 else 0.0
+    ideal = executed_n / capacity if capacity > 0 else 0.0
+    assigned = max(r.busy_s / r.concurrency for r in rows)
+    return ideal, assigned
