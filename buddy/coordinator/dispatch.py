@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 
 from buddy.execution.timeouts import HARD_TIMEOUT_GRACE_S
 from buddy.models import AgentSpec
-from buddy.plan.build import PlannedTask
+from buddy.plan.model import PlannedTask
 from buddy.tools.registry import ToolRegistry
 
 #: Batches whose tasks are expected to take at least this long go one per message.

@@ -41,7 +41,7 @@ def test_attempt_worst_s_counts_one_attempt_grace_and_lease_wait() -> None:
     from buddy.coordinator.dispatch import attempt_worst_s
     from buddy.execution.timeouts import HARD_TIMEOUT_GRACE_S
     from buddy.models import PlanTask, ResourceClaim
-    from buddy.plan.build import PlannedTask
+    from buddy.plan.model import PlannedTask
     from buddy.tools import default_registry
 
     reg = default_registry()

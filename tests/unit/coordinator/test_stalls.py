@@ -8,7 +8,7 @@ import fakeredis
 
 from buddy.coordinator.stalls import UNACKED_KEY, Sent, StallWatch
 from buddy.state.claims import Claim, Claims
-from buddy.state.store import Keys
+from buddy.state.keys import Keys
 
 CID = "c1"
 
