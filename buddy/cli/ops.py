@@ -2,51 +2,27 @@
 
 ``buddy deadletter list|purge`` reads or empties ``buddy:deadletter``, the messages workers
 refused (:mod:`buddy.deadletter`). :func:`register` adds them all to the ``buddy`` typer app
-(``buddy.cli`` calls it last).
+(:mod:`buddy.cli.app` calls it last). Their Redis is resolved and probed by
+:class:`buddy.cli.context.CliContext`, as every command's.
 ``python -m buddy.cli.ops`` runs them on their own.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import signal
 import threading
 from types import FrameType
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from buddy.cli.context import EXIT_ABORTED, CliContext, err, fail, out
+from buddy.cli.options import RedisOpt, ToolsOpt, split_values
 from buddy.config import get_settings
 from buddy.infra.logs import redact_secrets
-
-out = Console()
-err = Console(stderr=True)
-
-RedisOpt = Annotated[str | None, typer.Option("--redis-url", help="Default: BUDDY_REDIS_URL.")]
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(message, markup=False, highlight=False)
-    return typer.Exit(code)
-
-
-def _probe(url: str) -> None:
-    """PING the Redis at ``url`` once, without retries, within ``BUDDY_CONNECT_TIMEOUT_S`` seconds
-    (:func:`buddy.transport.check_redis`). Raises :class:`typer.Exit` 3 after printing the
-    redacted URL, what happened and the fix (2 for a URL that is not a Redis URL)."""
-    from buddy.errors import ConfigError, RedisUnavailable
-    from buddy.infra.transport import check_redis
-
-    try:
-        check_redis(url, get_settings().connect_timeout_s)
-    except (RedisUnavailable, ConfigError) as e:
-        # unwrapped, so the URL and the fix can be copied whole
-        err.print(str(e), markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(3 if isinstance(e, RedisUnavailable) else 2) from None
 
 
 def _quick_client(url: str, timeout_s: float) -> Any:
@@ -96,18 +72,13 @@ def flower(
     auth = [a for a in basic_auth or [] if a]
     bad = [a for a in auth if ":" not in a or a.startswith(":")]
     if bad:
-        raise _fail("--basic-auth must be user:password")
+        fail("--basic-auth must be user:password")
     if not auth and not _is_loopback(address) and not insecure_no_auth:
-        raise _fail(
+        fail(
             f"Flower on {address} without --basic-auth would let anyone on the network revoke tasks "
             "and shut workers down: add --basic-auth user:password (or --insecure-no-auth)"
         )
-    if redis_url:
-        os.environ["BUDDY_REDIS_URL"] = redis_url
-    get_settings.cache_clear()
-    from buddy.infra.transport import DEFAULT_REDIS_URL
-
-    _probe(get_settings().redis_url or DEFAULT_REDIS_URL)
+    CliContext(redis_url).export().probe()  # the Celery app reads BUDDY_REDIS_URL
     from workers import app as celery_app
 
     argv = ["flower", f"--port={port}", f"--address={address}"]
@@ -135,20 +106,17 @@ def exporter(
     from prometheus_client import CollectorRegistry
 
     from buddy.infra.prometheus import FleetCollector, serve
-    from buddy.infra.transport import DEFAULT_REDIS_URL
     from buddy.state.store import Store
 
-    settings = get_settings()
-    url = redis_url or settings.redis_url or DEFAULT_REDIS_URL
-    _probe(url)
-    store = Store(_quick_client(url, timeout_s=5.0), stale_s=settings.heartbeat_stale_s)
-    ids = [x.strip() for a in agent or [] for x in a.split(",") if x.strip()]
+    url = CliContext.connect(redis_url).url
+    store = Store(_quick_client(url, timeout_s=5.0), stale_s=get_settings().heartbeat_stale_s)
+    ids = split_values(agent)
     registry = CollectorRegistry()
     registry.register(FleetCollector(store, agents=ids))
     try:
         server = serve(registry, port, address)
     except OSError as e:
-        raise _fail(f"cannot serve metrics on {address}:{port}: {e}", 3) from None
+        fail(f"cannot serve metrics on {address}:{port}: {e}", EXIT_ABORTED)
     stop = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:
@@ -179,9 +147,7 @@ def doctor(
         float, typer.Option("--max-skew", min=0.001, help="Largest clock skew accepted, seconds.")
     ] = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per check.")] = False,
-    tools: Annotated[
-        list[str] | None, typer.Option("--tools", help="Module(s) to import for their @buddy.tool contracts.")
-    ] = None,
+    tools: ToolsOpt = None,
 ) -> None:
     """Check Redis, persistence, the visibility timeout, workers, clocks and serializers; explain fixes.
 
@@ -189,24 +155,24 @@ def doctor(
     """
     from buddy.errors import ConfigError, ContractError, RedisUnavailable
     from buddy.infra.doctor import Check, run_checks
-    from buddy.infra.transport import DEFAULT_REDIS_URL, check_redis, make_celery
+    from buddy.infra.probes import check_redis
+    from buddy.infra.transport import make_celery
     from buddy.state.store import Store
     from buddy.tools.registry import default_registry
 
     settings = get_settings()
-    url = redis_url or settings.redis_url or DEFAULT_REDIS_URL
-    extra = [x.strip() for t in tools or [] for x in t.split(",") if x.strip()]
+    url = CliContext(redis_url).url  # probed below: an unreachable Redis is a failed check
     try:
-        registry = default_registry([*settings.tools, *extra])
+        registry = default_registry([*settings.tools, *split_values(tools)])
     except ContractError as e:
-        raise _fail(str(e)) from None
+        fail(str(e))
     unreachable: RedisUnavailable | None = None
     try:  # the probe's diagnosis (wrong password, refused, TLS…) and fix go in the redis check
         check_redis(url, settings.connect_timeout_s)
     except RedisUnavailable as e:
         unreachable = e
     except ConfigError as e:
-        raise _fail(str(e)) from None
+        fail(str(e))
     store = Store(_quick_client(url, timeout_s=10.0), stale_s=settings.heartbeat_stale_s)
     app = make_celery(url, settings)
     asked = [x.strip() for x in (agents or "").split(",") if x.strip()]
@@ -252,11 +218,9 @@ deadletter_app = typer.Typer(
 
 
 def _deadletter_client(redis_url: str | None) -> tuple[Any, str]:
-    """A fast-failing client for ``--redis-url`` (else ``BUDDY_REDIS_URL``) and the URL, redacted."""
-    from buddy.infra.transport import DEFAULT_REDIS_URL
-
-    url = redis_url or get_settings().redis_url or DEFAULT_REDIS_URL
-    _probe(url)
+    """A fast-failing client for the command's Redis (:class:`CliContext`: probed first) and its
+    URL, redacted."""
+    url = CliContext.connect(redis_url).url
     return _quick_client(url, timeout_s=10.0), redact_secrets(url)
 
 
