@@ -74,7 +74,7 @@ FINAL_STATUSES = frozenset(
 
 
 class Strategy(StrEnum):
-    """How unpinned tasks are assigned to agents; see :mod:`buddy.plan` for definitions."""
+    """How unpinned tasks are assigned to agents; see :mod:`buddy.plan.assignment` for definitions."""
 
     ROUND_ROBIN = "round_robin"
     LOAD_BALANCED = "load_balanced"

@@ -1,7 +1,7 @@
 """Operations commands of ``buddy``: ``flower``, ``exporter``, ``doctor`` and ``deadletter``.
 
 ``buddy deadletter list|purge`` reads or empties ``buddy:deadletter``, the messages workers
-refused (:mod:`buddy.deadletter`). :func:`register` adds them all to the ``buddy`` typer app
+refused (:mod:`buddy.state.deadletter`). :func:`register` adds them all to the ``buddy`` typer app
 (:mod:`buddy.cli.app` calls it last). Their Redis is resolved and probed by
 :class:`buddy.cli.context.CliContext`, as every command's.
 ``python -m buddy.cli.ops`` runs them on their own.

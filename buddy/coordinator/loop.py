@@ -1,6 +1,6 @@
 """The campaign loop: each wave as a Celery chord, waited for, its outputs written (docs/architecture.md).
 
-:class:`Coordinator` takes a validated :class:`~buddy.plan.build.CampaignPlan` and runs it:
+:class:`Coordinator` takes a validated :class:`~buddy.plan.model.CampaignPlan` and runs it:
 
 1. records the campaign in Redis and writes ``campaign.json``;
 2. waits (at most ``worker_wait_s``) until every agent with work has a live worker, else

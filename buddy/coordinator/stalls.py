@@ -5,7 +5,7 @@ README, "Exactly once, crashes, leases", says what an operator sees.
 A wave waits for every dispatched task's outcome. Two faults would hold it until the wave's
 computed deadline (hours for long tools) instead of seconds:
 
-- **a dead attempt**: the task's claim (:mod:`buddy.claims`) is ``running`` but its heartbeat
+- **a dead attempt**: the task's claim (:mod:`buddy.state.claims`) is ``running`` but its heartbeat
   stopped. When only a pool child died, Celery's ``task_reject_on_worker_lost`` requeues the
   message and the next delivery takes the claim over; when the whole worker died, kombu's
   Redis transport keeps the message "unacked" until the visibility timeout;

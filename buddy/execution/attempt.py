@@ -1,7 +1,7 @@
 """One attempt of one task on a worker: the tool in its mode, under its fenced leases (live),
 errors turned into outcomes, a failed reversible effect rolled back (README, "Execution").
 
-:class:`AttemptRunner` is the part of :class:`buddy.execution.Executor` that runs a claimed
+:class:`AttemptRunner` is the part of :class:`buddy.execution.executor.Executor` that runs a claimed
 task; it knows nothing of batches or claims. Tool errors become outcomes:
 ``ToolDeniedError`` → ``denied``, ``ToolTimeoutError`` → ``timed_out``, a retryable error with
 attempts left → retried (the caller's Celery ``retry``, with the policy's backoff), a lease
@@ -22,10 +22,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from buddy.errors import RetryableToolError, ToolDeniedError, ToolError, ToolTimeoutError
+from buddy.errors import (
+    LeaseConflictError,
+    LeaseLostError,
+    RetryableToolError,
+    StaleCommitError,
+    ToolDeniedError,
+    ToolError,
+    ToolTimeoutError,
+)
 from buddy.execution.timeouts import HARD_TIMEOUT_GRACE_S, hard_timeout
 from buddy.models import AttemptError, Mode, Outcome, TaskSpec, TaskStatus, utcnow
-from buddy.state.leases import LeaseConflictError, LeaseLostError, LeaseManager, StaleCommitError
+from buddy.state.leases import LeaseManager
 from buddy.state.lifecycle import Transition, transition
 from buddy.state.store import Store
 from buddy.tools.contract import ToolContext, ToolContract

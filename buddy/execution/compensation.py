@@ -1,6 +1,6 @@
 """Worker side of compensation: undo one succeeded reversible task (``buddy.rollback``).
 
-The coordinator's side (which tasks, in which order) is :mod:`buddy.rollback`. A compensation
+The coordinator's side (which tasks, in which order) is :mod:`buddy.coordinator.rollback`. A compensation
 is an effect like any other: it runs holding the task's write leases, and a rollback fenced off
 by a lost lease leaves the task ``needs_review`` with both tokens instead of undoing a newer
 holder's effect.
@@ -11,11 +11,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from buddy.errors import ToolError
+from buddy.errors import LeaseLostError, StaleCommitError, ToolError
 from buddy.execution.attempt import Run
 from buddy.execution.executor import Executor
 from buddy.models import Mode, RollbackEvent, TaskSpec, TaskStatus, utcnow
-from buddy.state.leases import LeaseLostError, StaleCommitError
 from buddy.state.lifecycle import Transition, transition
 from buddy.tools.contract import ToolContext
 

@@ -20,7 +20,7 @@ Metrics (``agent`` is the agent id, ``queue`` the Celery queue):
 ``buddy_agent_failed_total{agent}``          counter … that did not succeed
 ``buddy_redis_up``                           gauge   1 when the scrape could read Redis
 ``buddy_deadletter_total{reason}``           counter messages workers refused (``HGETALL
-                                                     buddy:deadletter:counts``, :mod:`buddy.deadletter`)
+                                                     buddy:deadletter:counts``, :mod:`buddy.state.deadletter`)
 ``buddy_deadletter_messages``                gauge   dead letters kept (``LLEN buddy:deadletter``)
 ``buddy_tasks_total{status}``                counter final outcomes of the campaign, by status
 ``buddy_campaign_tasks_planned``             gauge   tasks in the campaign's plan

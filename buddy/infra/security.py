@@ -1,6 +1,6 @@
 """Transport security: message signing (Celery's ``auth`` serializer) and TLS for ``rediss://``.
 
-Defaults that need nothing from the operator live in :mod:`buddy.transport`: JSON only
+Defaults that need nothing from the operator live in :mod:`buddy.infra.transport`: JSON only
 (a pickle message is refused by every worker) and the Redis password from the URL.
 This module adds what needs keys:
 
@@ -166,7 +166,7 @@ def tls_settings(url: str) -> dict[str, Any]:
 def apply_security(app: Celery, url: str, settings: Settings) -> None:
     """TLS settings for ``url`` and, when ``BUDDY_SIGNING_KEY`` is set, message signing.
 
-    The hook :func:`buddy.transport.make_celery` calls; reads the optional settings
+    The hook :func:`buddy.infra.transport.make_celery` calls; reads the optional settings
     ``signing_key``, ``signing_cert`` and ``signing_cert_store``.
     """
     tls = tls_settings(url)

@@ -31,7 +31,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from buddy.models import Mode, Risk, utcnow
-from buddy.state.store import PREFIX, Store, _s
+from buddy.state.keys import PREFIX, _s
+from buddy.state.store import Store
 
 RISK_ORDER = [Risk.LOW, Risk.MEDIUM, Risk.HIGH, Risk.CRITICAL]
 

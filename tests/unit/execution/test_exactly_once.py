@@ -19,8 +19,9 @@ from buddy.execution.executor import Executor
 from buddy.models import Mode, ResourceClaim, Risk, TaskSpec, TaskStatus
 from buddy.safety.gates import approval_key
 from buddy.state.claims import Claim, Claims
+from buddy.state.keys import Keys
 from buddy.state.leases import LeaseManager, fence_key, lease_key
-from buddy.state.store import Keys, Store
+from buddy.state.store import Store
 from buddy.tools import RetryPolicy, ToolContext, ToolRegistry, tool
 
 CID = "c1"

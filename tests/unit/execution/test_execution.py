@@ -17,7 +17,8 @@ from buddy.errors import RetryableToolError, ToolDeniedError, ToolError, ToolTim
 from buddy.execution.executor import BatchResult, Executor
 from buddy.models import Mode, Outcome, TaskSpec, TaskStatus
 from buddy.state.claims import Claim, parse
-from buddy.state.store import Keys, Store
+from buddy.state.keys import Keys
+from buddy.state.store import Store
 from buddy.tools import RetryPolicy, ToolContext, ToolRegistry, default_registry, tool
 
 CID = "c1"
