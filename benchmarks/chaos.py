@@ -475,7 +475,7 @@ class Rig:
 
     def ready(self, agent: str) -> bool:
         """``agent``'s current worker runs and has sent a heartbeat since it started."""
-        from buddy.state.store import Keys
+        from buddy.state.keys import Keys
 
         if self.fleets[agent].procs[0].poll() is not None:
             return False
@@ -646,7 +646,7 @@ def write_plan(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def events(r: Any, cid: str) -> list[tuple[float, str, Any]]:
     """The campaign's event stream as ``(epoch seconds, type, data)``, oldest first."""
-    from buddy.state.store import Keys
+    from buddy.state.keys import Keys
 
     out = []
     for eid, fields in r.xrange(Keys.events(cid)):
@@ -710,7 +710,7 @@ def stalled_by_kill(rig: Rig, cid: str, task_ids: Sequence[str], killed: set[int
     unacked on another agent's queue."""
     from buddy.models import agent_queue
     from buddy.state.claims import parse
-    from buddy.state.store import Keys
+    from buddy.state.keys import Keys
 
     r = rig.r
     have = set(rig.store.outcomes(cid))
@@ -872,7 +872,7 @@ def run_worker_kill(rig: Rig, p: Params, index: int) -> RunRecord:
 
 def run_worker_kill_pop(rig: Rig, p: Params, index: int) -> RunRecord:
     """One ``worker_kill_pop`` run (module docstring)."""
-    from buddy.state.store import Keys
+    from buddy.state.keys import Keys
 
     rng, rec = _rng(p, "worker_kill_pop", index), RunRecord()
     run = rig.run_dir("worker_kill_pop", index)
@@ -1484,8 +1484,10 @@ def fuzz_child(n: int, seed: int, out: Path) -> dict[str, Any]:
 
     from buddy.errors import PlanError
     from buddy.models import AgentSpec, Mode, Strategy, TaskSpec
-    from buddy.plan.build import build_plan, summary_table
-    from buddy.plan.conflicts import ConflictPolicy, resolve
+    from buddy.plan.build import build_plan
+    from buddy.plan.conflicts import resolve
+    from buddy.plan.model import summary_table
+    from buddy.plan.policy import ConflictPolicy
     from buddy.tools.registry import default_registry
 
     warnings.simplefilter("ignore")

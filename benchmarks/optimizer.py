@@ -7,36 +7,36 @@ The fleet (all local, one private Redis, prefork pools):
 - ``a1``: fast, concurrency 8;
 - ``a2``: slow, concurrency 1;
 - ``a3``: concurrency 4, with 40% of its attempts failing transiently
-  (``buddy worker --inject-failure-rate 0.4``, a testing aid).
+  (``BUDDY_INJECT_FAILURE_RATE=0.4``, what ``buddy worker --inject-failure-rate`` sets; a testing aid).
 
-The plan: ``--waves`` waves of ``--tasks`` ``sleep`` tasks (``--seconds`` each), round-robin
-assigned, run twice on the same fleet in one invocation: static (``--no-optimize``) and
-adaptive. Goals (issue 5): adaptive wall time ≤ 0.7 × static; adaptive success rate ≥ static;
-the adaptive run's waves 4–6 faster than its wave 1. Prints both runs side by side and writes
+The fleet is a :class:`buddy.Fleet` (the embedded Redis, ``a1`` and ``a2``'s workers) and a
+second :class:`buddy.Fleet` on the same Redis for ``a3``'s failing worker. The plan:
+``--waves`` waves of ``--tasks`` ``sleep`` tasks (``--seconds`` each), round-robin assigned,
+run twice on that fleet in this process (``buddy.Campaign.from_file(..., fleet=fleet).run()``):
+static (``optimize=False``, ``buddy run --no-optimize``) and adaptive. Goals (issue 5):
+adaptive wall time ≤ 0.7 × static; adaptive success rate ≥ static; the adaptive run's waves
+4–6 faster than its wave 1. Prints both runs side by side and writes
 the numbers as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from buddy.infra.fleet import LocalFleet
-from buddy.infra.redis_server import EmbeddedRedis
-from buddy.infra.transport import redis_client
+import buddy
 from buddy.models import AgentSpec
-from buddy.state.store import Store
 
 FLEET = {"a1": (8, 0.0), "a2": (1, 0.0), "a3": (4, 0.4)}  # agent -> (concurrency, injected failure rate)
 
@@ -65,30 +65,37 @@ def write_inputs(work: Path, waves: int, tasks: int, seconds: float) -> tuple[Pa
     return plan, config
 
 
-def run_campaign(url: str, plan: Path, config: Path, out: Path, optimize: bool) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BUDDY_")}
-    argv = [sys.executable, "-m", "buddy", "run", str(plan), "--config", str(config), "--redis-url", url,
-            "--local-workers", "0", "--out", str(out), "--no-progress",
-            "--optimize" if optimize else "--no-optimize"]  # fmt: skip
+def run_campaign(fleet: buddy.Fleet, plan: Path, config: Path, out: Path, optimize: bool) -> dict[str, Any]:
+    """One live campaign of ``plan`` on ``fleet``; its numbers from the returned result."""
+    camp = buddy.Campaign.from_file(
+        plan, config=config, out_dir=out, optimize=optimize, fleet=fleet, console=Console(file=io.StringIO())
+    )
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=3600)
+    result = camp.run()
     wall = time.perf_counter() - t0
-    if proc.returncode not in (0, 1):
-        raise RuntimeError(f"campaign failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    summary = json.loads((out / "execution_summary.json").read_text())
-    per_agent: dict[str, int] = {}
-    for f in out.glob("wave_*/agent_*/executed_tasks.jsonl"):
-        per_agent[f.parent.name[6:]] = per_agent.get(f.parent.name[6:], 0) + len(f.read_text().splitlines())
-    counts = summary["counts"]
+    if result.exit_code not in (0, 1):
+        raise RuntimeError(
+            f"campaign {result.campaign_id} {result.status} ({result.exit_code}): {result.abort_reason}"
+        )
+    summary = result.summary
+    per_agent = Counter(o.agent_id or "-" for o in result.outcomes.values())
     return {
         "optimize": optimize,
-        "wall_s": summary["wall_s"],
+        "wall_s": summary.wall_s,
         "process_wall_s": wall,
-        "success_rate": counts["by_status"].get("succeeded", 0) / max(1, counts["total"]),
-        "wave_wall_s": [w["wall_s"] for w in summary["waves"]],
+        "success_rate": summary.counts.succeeded / max(1, summary.counts.total),
+        "wave_wall_s": [w.wall_s for w in summary.waves],
         "tasks_per_agent": dict(sorted(per_agent.items())),
-        "health": summary.get("health"),
+        "health": summary.health,
     }
+
+
+def wait_live(fleet: buddy.Fleet, agents: list[str], timeout_s: float = 60.0) -> None:
+    """Until every agent has a worker with a heartbeat (a campaign would wait too, but not in its wall)."""
+    store = fleet.store()
+    deadline = time.monotonic() + timeout_s
+    while not all(store.live_workers(a) for a in agents) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -101,25 +108,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     console = Console()
     work = Path(tempfile.mkdtemp(prefix="buddy-bench-opt-"))
     plan, config = write_inputs(work, args.waves, args.tasks, args.seconds)
-    fleets: list[LocalFleet] = []
-    with EmbeddedRedis() as redis_server:
+    steady = [AgentSpec(id=a, concurrency=c) for a, (c, rate) in FLEET.items() if not rate]
+    with buddy.Fleet(steady, log_dir=work / "logs") as fleet:
+        failing = [
+            buddy.Fleet(
+                [AgentSpec(id=a, concurrency=c)], redis_url=fleet.url, log_dir=work / "logs",
+                env={"BUDDY_INJECT_FAILURE_RATE": str(rate)},
+            )
+            for a, (c, rate) in FLEET.items() if rate
+        ]  # fmt: skip
         try:
-            for agent, (conc, rate) in FLEET.items():
-                extra = ["--inject-failure-rate", str(rate)] if rate else []
-                fleets.append(
-                    LocalFleet(
-                        redis_server.url, [AgentSpec(id=agent, concurrency=conc)], extra_args=extra,
-                        log_dir=work / "logs",
-                    ).start()
-                )  # fmt: skip
-            store = Store(redis_client(redis_server.url))
-            deadline = time.monotonic() + 60
-            while not all(store.live_workers(a) for a in FLEET) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            static = run_campaign(redis_server.url, plan, config, work / "static", optimize=False)
-            adaptive = run_campaign(redis_server.url, plan, config, work / "adaptive", optimize=True)
+            for f in failing:
+                f.start()
+            wait_live(fleet, list(FLEET))
+            static = run_campaign(fleet, plan, config, work / "static", optimize=False)
+            adaptive = run_campaign(fleet, plan, config, work / "adaptive", optimize=True)
         finally:
-            for f in fleets:
+            for f in failing:
                 f.stop()
     late = adaptive["wave_wall_s"][3:6]
     ratio = adaptive["wall_s"] / static["wall_s"]

@@ -2,7 +2,9 @@
 
 ``python -m benchmarks.throughput [--n 2000] [--io-n 2000] [--plan-sizes 10000,100000]
 [--out bench.json] [--quick]`` starts one private Redis (``redis-server`` on a loopback TCP
-port, :class:`~buddy.redis_server.EmbeddedRedis`) and runs, in this order:
+port, :class:`~buddy.infra.redis_server.EmbeddedRedis`, shared by the baseline and every
+campaign; a :class:`buddy.Fleet`'s own embedded Redis would listen on a unix socket only)
+and runs, in this order:
 
 1. fleet A, 4 agents ``a1``..``a4``, one ``buddy worker`` each, prefork with 2 processes (the
    issue's baseline): a warm-up, then ``--repeat`` times in turn
@@ -11,12 +13,15 @@ port, :class:`~buddy.redis_server.EmbeddedRedis`) and runs, in this order:
      ``result.get()``, written as a Celery user writes it (:mod:`benchmarks.rawtasks`, which the
      workers import through ``BUDDY_TOOLS``);
    - **Buddy no-op**: a live campaign of N ``noop`` tasks (confidence 1.0) in one wave, the
-     coordinator in this process (``build_plan`` + ``conflicts.resolve`` + :class:`Coordinator`);
+     coordinator in this process: ``buddy.Campaign.from_file(plan, fleet=fleet, ...).run()`` on
+     the fleet's :class:`buddy.Fleet` (its workers, started on the benchmark's Redis);
 
    then, ``--repeat`` times, **Buddy waves**: ``--waves`` waves of ``--wave-tasks`` ``noop``
    tasks, each depending on one task of the wave before, for the wave turnaround;
 2. fleet B, the same agents with ``--pool threads --concurrency 8``, ``--repeat`` times:
-   **Buddy I/O**, a live campaign of ``--io-n`` × ``sleep`` ``--io-sleep`` seconds in one wave;
+   **Buddy I/O**, a live campaign of ``--io-n`` × ``sleep`` ``--io-sleep`` seconds in one wave
+   (:class:`buddy.Fleet` starts prefork workers only: this fleet's are started with
+   :class:`~buddy.infra.fleet.LocalFleet`, the campaigns run on a worker-less ``buddy.Fleet``);
 3. **planning**: for each of ``--plan-sizes``, ``--repeat`` times but at least
    :data:`PLAN_RUNS` times, a generated plan (dependencies on 1–2 earlier tasks, a distinct
    written file per task, shared read claims, a few shared written resources) validated and
@@ -25,8 +30,8 @@ port, :class:`~buddy.redis_server.EmbeddedRedis`) and runs, in this order:
 What each number means:
 
 - ``tasks_per_s``: tasks / ``wall_s``. Raw chord: from building the chord to ``result.get()``
-  returning. Buddy: ``build_plan`` + ``resolve`` + ``Coordinator.run()`` end to end (recording
-  the campaign, dispatch, waits, every output file).
+  returning. Buddy: ``Campaign.run()`` end to end (the plan read, validated and waved, the
+  campaign recorded, dispatch, waits, every output file).
 - ``ratio``: Buddy no-op ``tasks_per_s`` / raw chord ``tasks_per_s``. With ``--repeat``, each
   kind reports its median run (by tasks/s, turnaround, share of ideal) and ``all_runs``.
 - ``redis_cmds_per_task``: the sum of ``calls`` over ``INFO commandstats`` after the run minus
@@ -299,26 +304,38 @@ def _pythonpath() -> str:
     return os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
 
-@contextmanager
-def fleet(url: str, store: Any, concurrency: int, pool: str, log_dir: Path) -> Iterator[list[int]]:
-    """One ``buddy worker`` per agent of :data:`AGENT_IDS`; yields their pids (= session ids)."""
-    from buddy.infra.fleet import LocalFleet
+def bench_agents(concurrency: int) -> list[Any]:
     from buddy.models import AgentSpec
 
+    return [AgentSpec(id=a, concurrency=concurrency) for a in AGENT_IDS]
+
+
+@contextmanager
+def fleet(
+    url: str, store: Any, concurrency: int, pool: str, log_dir: Path
+) -> Iterator[tuple[Any, list[int]]]:
+    """One worker per agent of :data:`AGENT_IDS` on ``url``; yields the :class:`buddy.Fleet` the
+    campaigns run on and the workers' pids (= session ids). ``buddy.Fleet`` starts prefork
+    workers; for another ``pool`` it is worker-less and :class:`LocalFleet` starts them."""
+    import buddy
+    from buddy.infra.fleet import LocalFleet
+
     env = {"BUDDY_TOOLS": RAW_MODULE, "PYTHONPATH": _pythonpath()}
-    f = LocalFleet(
-        url,
-        [AgentSpec(id=a, concurrency=concurrency) for a in AGENT_IDS],
-        pool=pool,
-        env=env,
-        log_dir=log_dir,
-    )
-    f.start()
-    try:
-        wait_live(store, AGENT_IDS)
-        yield [p.pid for p in f.procs]
-    finally:
-        f.stop()
+    agents = bench_agents(concurrency)
+    if pool == "prefork":
+        with buddy.Fleet(agents, redis_url=url, env=env, log_dir=log_dir) as f:
+            assert f.workers is not None
+            wait_live(store, AGENT_IDS)
+            yield f, [p.pid for p in f.workers.procs]
+        return
+    with buddy.Fleet(agents, redis_url=url, workers_per_agent=0) as f:
+        workers = LocalFleet(url, agents, pool=pool, env=env, log_dir=log_dir)
+        workers.start()
+        try:
+            wait_live(store, AGENT_IDS)
+            yield f, [p.pid for p in workers.procs]
+        finally:
+            workers.stop()
 
 
 # -- the runs ------------------------------------------------------------------------------
@@ -326,15 +343,15 @@ def fleet(url: str, store: Any, concurrency: int, pool: str, log_dir: Path) -> I
 
 @dataclass
 class Bench:
-    """What the runs share: the Redis, the state store, the dispatcher app and a scratch dir."""
+    """What the runs share: the Redis, the state store, a scratch dir, and the current fleet
+    (the :class:`buddy.Fleet` campaigns run on) and its workers' sessions."""
 
     url: str
     store: Any
-    app: Any
-    registry: Any
     tmp: Path
     redis_pid: int
     sessions: list[int] = field(default_factory=list)
+    fleet: Any = None
 
     def meter(self) -> Meter:
         return Meter(self.store.r, self.sessions, self.redis_pid)
@@ -351,25 +368,29 @@ def raw_chord(n: int) -> int:
     return int(result.get(timeout=600))
 
 
-def campaign(b: Bench, plan_path: Path, concurrency: int) -> tuple[Any, str]:
-    """Validate, wave and run ``plan_path`` live on the fleet; returns (summary, campaign id)."""
+def campaign(b: Bench, plan_path: Path) -> tuple[Any, str]:
+    """Validate, wave and run ``plan_path`` live on the current fleet (``buddy.Campaign`` with
+    ``fleet=``: nothing started); returns (summary, campaign id)."""
     from rich.console import Console
 
-    from buddy.coordinator.loop import CampaignOptions, Coordinator, new_campaign_id
-    from buddy.models import AgentSpec, Mode, Strategy
-    from buddy.plan.build import build_plan
-    from buddy.plan.conflicts import ConflictPolicy, resolve
+    import buddy
+    from buddy.coordinator.options import new_campaign_id
 
-    agents = [AgentSpec(id=a, concurrency=concurrency) for a in AGENT_IDS]
-    cp = build_plan(plan_path, b.registry, agents, Strategy.ROUND_ROBIN, workdir=b.tmp)
-    cp.conflicts = resolve(cp, b.registry, ConflictPolicy())
     cid = new_campaign_id()
-    opts = CampaignOptions(
-        mode=Mode.LIVE, progress=False, out_dir=b.tmp / "outputs" / cid, workdir=b.tmp, campaign_id=cid
-    )
-    coordinator = Coordinator(cp, b.store, b.app, b.registry, opts, console=Console(file=io.StringIO()))
-    summary = coordinator.run()
-    if summary.counts.succeeded != len(cp.tasks):
+    result = buddy.Campaign.from_file(
+        plan_path,
+        fleet=b.fleet,
+        agents=b.fleet.agents,
+        strategy="round_robin",
+        mode="live",
+        workdir=b.tmp,
+        out_dir=b.tmp / "outputs" / cid,
+        campaign_id=cid,
+        progress=False,
+        console=Console(file=io.StringIO()),
+    ).run()
+    summary = result.summary
+    if summary.counts.succeeded != summary.counts.total or not result.ok:
         raise RuntimeError(f"campaign {cid}: {summary.status}, {summary.counts.by_status}")
     return summary, cid
 
@@ -430,7 +451,7 @@ def run_pair(b: Bench, p: Params, rep: int) -> tuple[dict[str, Any], dict[str, A
     raw = m.row(p.n)
     plan = noop_plan(b.tmp / f"noop-{rep}.jsonl", p.n, prefix=f"r{rep}w")
     with b.meter() as m:
-        summary, cid = campaign(b, plan, p.prefork)
+        summary, cid = campaign(b, plan)
     buddy = m.row(p.n) | {"campaign_id": cid, "wall_s_coordinator": round(summary.wall_s, 4)}
     buddy["messages"] = wave_timings(b.store, cid)["messages_per_wave"]
     return raw, buddy
@@ -442,7 +463,7 @@ def run_prefork(b: Bench, p: Params) -> dict[str, Any]:
     processes = [session_processes(b.sessions)]
     if p.warmup:
         raw_chord(p.warmup)
-        campaign(b, noop_plan(b.tmp / "warm.jsonl", p.warmup, prefix="warm"), p.prefork)
+        campaign(b, noop_plan(b.tmp / "warm.jsonl", p.warmup, prefix="warm"))
     c0 = command_stats(b.store.r)
     time.sleep(p.idle_s)
     idle = sum(stats_delta(c0, command_stats(b.store.r)).values())
@@ -465,7 +486,7 @@ def run_prefork(b: Bench, p: Params) -> dict[str, Any]:
     for rep in range(p.repeat):
         plan = noop_plan(b.tmp / f"waves-{rep}.jsonl", p.wave_tasks, waves=p.waves, prefix=f"w{rep}-")
         with b.meter() as m:
-            _, cid = campaign(b, plan, p.prefork)
+            _, cid = campaign(b, plan)
         shape = {"waves": p.waves, "tasks_per_wave": p.wave_tasks, "campaign_id": cid}
         runs.append(m.row(total) | shape | wave_timings(b.store, cid))
         log(f"  waves {rep + 1}: median turnaround {runs[-1]['turnaround_ms']['median']} ms")
@@ -487,7 +508,7 @@ def _median_by(rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], float
 def run_io(b: Bench, p: Params) -> dict[str, Any]:
     log(f"fleet B: {len(AGENT_IDS)} agents × threads {p.io_threads}")
     if p.warmup:
-        campaign(b, noop_plan(b.tmp / "warm-io.jsonl", p.warmup, prefix="iowarm"), p.io_threads)
+        campaign(b, noop_plan(b.tmp / "warm-io.jsonl", p.warmup, prefix="iowarm"))
     before = session_processes(b.sessions)
     runs = [_io_run(b, p, rep) for rep in range(p.repeat)]
     return _median_by(runs, lambda r: r["share_of_ideal"]) | {
@@ -498,7 +519,7 @@ def run_io(b: Bench, p: Params) -> dict[str, Any]:
 def _io_run(b: Bench, p: Params, rep: int) -> dict[str, Any]:
     plan = sleep_plan(b.tmp / f"io-{rep}.jsonl", p.io_n, p.io_sleep_s, prefix=f"s{rep}-")
     with b.meter() as m:
-        _, cid = campaign(b, plan, p.io_threads)
+        _, cid = campaign(b, plan)
     slots = len(AGENT_IDS) * p.io_threads
     ideal = p.io_n * p.io_sleep_s / slots
     outcomes = b.store.outcomes(cid).values()
@@ -545,7 +566,8 @@ def plan_child(path: Path) -> dict[str, Any]:
     """In the child: time ``build_plan`` + ``resolve`` of ``path``; RSS in MB."""
     from buddy.models import AgentSpec, Strategy
     from buddy.plan.build import build_plan
-    from buddy.plan.conflicts import ConflictPolicy, resolve
+    from buddy.plan.conflicts import resolve
+    from buddy.plan.policy import ConflictPolicy
     from buddy.tools.registry import default_registry
 
     registry = default_registry()
@@ -707,20 +729,17 @@ def run(p: Params) -> dict[str, Any]:
         url = server.tcp_url
         os.environ["BUDDY_REDIS_URL"] = url  # the raw tasks' app (workers.app) is built from it
         get_settings.cache_clear()
-        from buddy.infra.transport import make_dispatcher, redis_client
+        from buddy.infra.transport import redis_client
         from buddy.state.store import Store
-        from buddy.tools.registry import default_registry
 
         s = get_settings()
         store = Store(redis_client(url), events_maxlen=s.events_maxlen, stale_s=s.heartbeat_stale_s)
         assert server.proc is not None
-        b = Bench(url, store, make_dispatcher(url, s), default_registry(), tmp, server.proc.pid)
+        b = Bench(url, store, tmp, server.proc.pid)
         report: dict[str, Any] = {"machine": machine(store.r), "params": _params_json(p)}
-        with fleet(url, store, p.prefork, "prefork", tmp / "logs-prefork") as pids:
-            b.sessions = pids
+        with fleet(url, store, p.prefork, "prefork", tmp / "logs-prefork") as (b.fleet, b.sessions):
             report |= run_prefork(b, p)
-        with fleet(url, store, p.io_threads, "threads", tmp / "logs-threads") as pids:
-            b.sessions = pids
+        with fleet(url, store, p.io_threads, "threads", tmp / "logs-threads") as (b.fleet, b.sessions):
             report["buddy_io"] = run_io(b, p)
         report["planning"] = run_planning(p.plan_sizes, tmp, p.repeat)
         report["goals"] = goals(report)

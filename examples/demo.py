@@ -18,14 +18,19 @@ What it does (``python examples/demo.py [--out DIR] [--keep-plan] [--packages js
 
    three agents: ``a1`` and ``a2`` offer every tool, ``a3`` only ``http.request`` and ``file.write``
    (capability routing), strategy ``load_balanced``, mode ``live``;
-4. runs ``buddy run PLAN --config campaign.yaml --out OUT`` (embedded Redis, local workers),
-   streaming its output;
+4. runs it in this process with the Python API,
+   ``buddy.Campaign.from_file(PLAN, config=campaign.yaml, out_dir=OUT, progress=...).run()``
+   (an embedded Redis and one local worker per agent, both stopped before ``run`` returns);
 5. verifies the outcomes in ``OUT/wave_*/agent_*/executed_tasks.jsonl`` itself: every hash equals
    :mod:`hashlib`'s, every compile check succeeded, every page is the file's text, the manifest on
-   disk is the planned one, ``a3`` ran only the tools it offers and the stdlib folders did not change.
+   disk is the planned one, ``a3`` ran only the tools it offers and the stdlib folders did not change;
+   and checks the returned :class:`buddy.CampaignResult` against those files: status ``succeeded``
+   and exit code 0, every task's outcome the one on disk, the totals those of
+   ``execution_summary.json``.
 
-Exit status: 0 when buddy succeeded and every check passed, 1 otherwise (2 for bad arguments).
-:func:`build`, :func:`serve`, :func:`run_buddy` and :func:`verify` are importable for tests.
+Exit status: 0 when the campaign succeeded and every check passed, 1 otherwise (2 for bad arguments).
+:func:`build`, :func:`serve`, :func:`run_buddy`, :func:`verify` and :func:`check_result` are
+importable for tests.
 """
 
 from __future__ import annotations
@@ -37,10 +42,8 @@ import hashlib
 import http.server
 import json
 import os
-import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import sysconfig
 import threading
@@ -48,7 +51,10 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from buddy import CampaignResult
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WORKDIR = REPO / ".demo"
@@ -60,6 +66,9 @@ A3_TOOLS = ("http.request", "file.write")
 #: Bodies up to this size come back whole from ``http.request``.
 MAX_BODY_BYTES = 64 * 1024
 MANIFEST_NAME = "manifest.json"
+#: Seconds the campaign waits for its freshly started workers (``buddy run --worker-wait``): a
+#: worker imports Celery first, which on a busy machine takes longer than the default 10 s.
+WORKER_WAIT_S = 60.0
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -318,36 +327,96 @@ def run_buddy(
     plan: Path,
     config: Path,
     out: Path,
-    extra_args: Sequence[str] = (),
     *,
     timeout_s: float = 300.0,
     progress: bool | None = None,
-) -> int:
-    """Run ``python -m buddy run`` on the plan (embedded Redis, local workers); its output streams
-    to this process's stdout/stderr. Returns buddy's exit code (124 when it ran out of time)."""
-    argv = [sys.executable, "-m", "buddy", "run", str(plan), "--config", str(config), "--out", str(out)]
+    **options: Any,
+) -> CampaignResult | None:
+    """Run the plan in this process: ``buddy.Campaign.from_file(plan, config=config, out_dir=out,
+    progress=progress, **options).run()`` on an embedded Redis with one local worker per agent
+    (a ``BUDDY_REDIS_URL`` of the environment is ignored meanwhile), both stopped before it returns.
+
+    Returns the :class:`buddy.CampaignResult`; when ``timeout_s`` runs out the campaign is
+    stopped like on Ctrl-C, and the result is an ``interrupted`` one, or None when it was stopped
+    before its first wave. Raises :class:`buddy.BuddyError` (a bad plan or config, no Redis)."""
+    import buddy
+
     if progress is None:
         progress = sys.stderr.isatty()
-    argv += ["--progress" if progress else "--no-progress", *extra_args]
-    env = dict(os.environ)
-    env.pop("BUDDY_REDIS_URL", None)  # the demo runs on its own embedded Redis
-    print("$ python " + shlex.join(argv[1:]), flush=True)
-    proc = subprocess.Popen(argv, env=env, cwd=REPO)
-    try:
-        return proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)  # buddy stops its workers and its Redis on SIGTERM
+    camp = buddy.Campaign.from_file(plan, config=config, out_dir=out, progress=progress, **options)
+    shown = ", ".join(f"{k}={v!r}" for k, v in options.items())
+    print(
+        f">>> buddy.Campaign.from_file({str(plan)!r}, config={str(config)!r}, out_dir={str(out)!r}, "
+        f"progress={progress}{', ' + shown if shown else ''}).run()",
+        flush=True,
+    )
+    result: CampaignResult | None = None
+    with _embedded_only(), _deadline(timeout_s) as deadline:
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        print(f"demo: buddy run took longer than {timeout_s:g} s and was stopped", file=sys.stderr)
-        return 124
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        proc.wait()
-        raise
+            result = camp.run()
+        except KeyboardInterrupt:
+            if not deadline.expired.is_set():
+                raise
+        finally:
+            deadline.done = True
+    if deadline.expired.is_set():
+        print(f"demo: the campaign took longer than {timeout_s:g} s and was stopped", file=sys.stderr)
+    return result
+
+
+@contextlib.contextmanager
+def _embedded_only() -> Iterator[None]:
+    """Without ``BUDDY_REDIS_URL`` for the block: the demo runs on its own embedded Redis."""
+    from buddy.config import get_settings
+
+    saved = os.environ.pop("BUDDY_REDIS_URL", None)
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["BUDDY_REDIS_URL"] = saved
+        get_settings.cache_clear()
+
+
+class _Deadline:
+    """``expired``: the time ran out and SIGTERM was sent; ``done``: the guarded call returned."""
+
+    def __init__(self) -> None:
+        self.expired = threading.Event()
+        self.done = False
+
+
+@contextlib.contextmanager
+def _deadline(timeout_s: float) -> Iterator[_Deadline]:
+    """After ``timeout_s`` send this process SIGTERM, which a running campaign takes as Ctrl-C
+    (outputs written, workers and Redis stopped) and which raises ``KeyboardInterrupt`` here
+    otherwise (until ``done`` is set). No deadline off the main thread (no signals there)."""
+    d = _Deadline()
+    if threading.current_thread() is not threading.main_thread():
+        yield d
+        return
+
+    def fire() -> None:
+        if not d.done:
+            d.expired.set()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if not d.done:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    timer = threading.Timer(timeout_s, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield d
+    finally:
+        d.done = True
+        timer.cancel()
+        timer.join()
+        signal.signal(signal.SIGTERM, previous)
 
 
 # -- verifying ------------------------------------------------------------------------------
@@ -387,14 +456,23 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def verify(out_dir: Path, exp: Expectations, before: dict[str, tuple[int, int]] | None = None) -> Verdict:
+def verify(
+    out_dir: Path,
+    exp: Expectations,
+    before: dict[str, tuple[int, int]] | None = None,
+    result: CampaignResult | None = None,
+) -> Verdict:
     """Check buddy's outputs in ``out_dir`` against the files themselves (module docstring, step 5).
 
     ``before`` is a :func:`snapshot` of ``exp.watched_dirs`` taken before the run; when given, any
-    file added or changed there (a ``.pyc`` written into the stdlib, say) is a problem.
+    file added or changed there (a ``.pyc`` written into the stdlib, say) is a problem. ``result``
+    is what ``Campaign.run()`` returned; when given it must say ``succeeded`` and agree with the files
+    (:func:`check_result`).
     """
     v = Verdict()
     outcomes = read_outcomes(out_dir)
+    if result is not None:
+        v.problems += check_result(result, out_dir, exp, outcomes)
 
     def succeeded(tid: str) -> dict[str, Any] | None:
         o = outcomes.get(tid)
@@ -468,6 +546,82 @@ def verify(out_dir: Path, exp: Expectations, before: dict[str, tuple[int, int]] 
     return v
 
 
+#: The fields of an outcome the CampaignResult and ``executed_tasks.jsonl`` must agree on.
+COMPARED_FIELDS = ("status", "mode", "agent_id", "tool", "wave", "result")
+
+
+def check_result(
+    result: CampaignResult,
+    out_dir: Path,
+    exp: Expectations,
+    outcomes: dict[str, dict[str, Any]] | None = None,
+) -> list[str]:
+    """Problems of the returned :class:`buddy.CampaignResult`: a status other than ``succeeded``
+    or an exit code other than 0, another outputs folder, a planned task without an outcome, an
+    outcome that differs from its line in ``executed_tasks.jsonl`` (``outcomes``, default read from
+    ``out_dir``), totals that are not the plan's or those of ``execution_summary.json``."""
+    problems: list[str] = []
+    if outcomes is None:
+        outcomes = read_outcomes(out_dir)
+    if result.status != "succeeded" or result.exit_code != 0:
+        why = f": {result.abort_reason}" if result.abort_reason else ""
+        problems.append(
+            f"campaign {result.campaign_id} {result.status} (exit code {result.exit_code}){why}; "
+            f"{dict(result.summary.counts.by_status)}"
+        )
+    if result.out_dir.resolve() != out_dir.resolve():
+        problems.append(f"the CampaignResult's out_dir is {result.out_dir}, not {out_dir}")
+    missing = [t for t in exp.task_ids if t not in result.outcomes]
+    if missing:
+        problems.append(
+            f"{len(missing)} tasks without an outcome in the CampaignResult: {', '.join(missing[:5])}"
+        )
+    extra = sorted(set(result.outcomes) - set(exp.task_ids))
+    if extra:
+        problems.append(f"outcomes of tasks not in the plan in the CampaignResult: {', '.join(extra[:5])}")
+    for tid, o in sorted(result.outcomes.items()):
+        on_disk = outcomes.get(tid)
+        if on_disk is None:
+            if tid in exp.task_ids:
+                problems.append(f"{tid}: in the CampaignResult, not in executed_tasks.jsonl")
+            continue
+        mine = o.model_dump(mode="json")
+        differ = [f for f in COMPARED_FIELDS if mine.get(f) != on_disk.get(f)]
+        if differ:
+            problems.append(
+                f"{tid}: the CampaignResult and executed_tasks.jsonl differ in {', '.join(differ)}"
+            )
+    counts = result.summary.counts
+    if counts.total != len(exp.task_ids):
+        problems.append(f"the summary counts {counts.total} tasks, the plan has {len(exp.task_ids)}")
+    summary_file = out_dir / "execution_summary.json"
+    try:
+        written = json.loads(summary_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        problems.append(f"{summary_file}: {e}")
+    else:
+        mine = result.summary.model_dump(mode="json")
+        differ = [
+            k for k in ("campaign_id", "status", "exit_code", "counts") if mine.get(k) != written.get(k)
+        ]
+        if differ:
+            problems.append(
+                f"the CampaignResult's summary and {summary_file.name} differ in {', '.join(differ)}"
+            )
+    return problems
+
+
+def describe(result: CampaignResult) -> str:
+    """One line about the returned result: status, exit code, totals, health, wall time."""
+    health = f"health {result.health.score:.0f} ({result.health.status})" if result.health else "no health"
+    s = result.summary
+    return (
+        f"campaign {result.campaign_id}: {result.status}, exit code {result.exit_code}, "
+        f"{s.counts.succeeded}/{s.counts.total} tasks succeeded in {len(result.waves)} waves, "
+        f"{health}, {len(result.anomalies)} anomalies, {s.wall_s:.1f} s"
+    )
+
+
 # -- main -----------------------------------------------------------------------------------
 
 
@@ -496,7 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=list(DEFAULT_PACKAGES),
         help="comma list of stdlib packages (default json,email,http)",
     )
-    ap.add_argument("--timeout", type=float, default=300.0, help="seconds buddy run may take (300)")
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds the campaign may take (300)")
     args = ap.parse_args(argv)
 
     import importlib.util
@@ -507,6 +661,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    from buddy import BuddyError
+
     workdir: Path = args.workdir.resolve()
     out: Path = (args.out or workdir / "out").resolve()
     if out.exists() and any(out.iterdir()):
@@ -526,13 +682,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
         before = snapshot(exp.watched_dirs)
-        code = run_buddy(plan, config, out, timeout_s=args.timeout)
-    verdict = verify(out, exp, before)
-    if code != 0:
-        verdict.problems.insert(0, f"buddy run exited with {code}")
+        error: str | None = None
+        try:
+            result = run_buddy(plan, config, out, timeout_s=args.timeout, worker_wait=WORKER_WAIT_S)
+        except BuddyError as e:
+            result, error = None, f"the campaign did not run: {type(e).__name__}: {e}"
+    verdict = verify(out, exp, before, result)
+    if error is not None:
+        verdict.problems.insert(0, error)
+    elif result is None:
+        verdict.problems.insert(
+            0, f"the campaign was stopped after {args.timeout:g} s, before its first wave"
+        )
     elapsed = time.monotonic() - started
 
     print()
+    if result is not None:
+        print(describe(result))
     for p in verdict.problems[:20]:
         print(f"  MISMATCH {p}")
     if len(verdict.problems) > 20:

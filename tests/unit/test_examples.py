@@ -208,3 +208,56 @@ def test_demo_verify_catches_lies(demo: ModuleType, tmp_path: Path) -> None:
     assert "agent a3 ran shell" in text
     assert f"{exp.manifest_task}: no outcome" in text
     assert not verdict.manifest_ok
+
+
+def _result(exp: Any, out: Path, rows: list[dict[str, Any]], status: str = "succeeded") -> Any:
+    from buddy import CampaignResult, Outcome
+    from buddy.models import ExecutionSummary, StatusCounts
+
+    counts = StatusCounts()
+    for r in rows:
+        counts.add(r["status"])
+    summary = ExecutionSummary(
+        campaign_id="c-test",
+        status=status,  # type: ignore[arg-type]
+        exit_code=0 if status == "succeeded" else 1,
+        mode="live",  # type: ignore[arg-type]
+        counts=counts,
+        agents={},
+        waves=[],
+        start_time="2026-01-01T00:00:00Z",  # type: ignore[arg-type]
+        end_time=None,
+        wall_s=1.0,
+    )
+    (out / "execution_summary.json").write_text(summary.model_dump_json())
+    outcomes = {r["task_id"]: Outcome.model_validate(r) for r in rows}
+    return CampaignResult(
+        campaign_id="c-test",
+        status=summary.status,
+        exit_code=summary.exit_code,
+        out_dir=out,
+        summary=summary,
+        outcomes=outcomes,
+        health=None,
+        waves=[],
+    )
+
+
+def test_demo_checks_the_campaign_result_against_the_files(demo: ModuleType, tmp_path: Path) -> None:
+    _, _, exp = demo.build(tmp_path / "work", "http://127.0.0.1:9", ["json"])
+    exp.manifest_path.write_text(exp.manifest_content, encoding="utf-8")
+    rows = _true_outcomes(exp)
+    out = tmp_path / "out"
+    _write_outcomes(out, rows)
+    verdict = demo.verify(out, exp, None, _result(exp, out, rows))
+    assert verdict.ok, verdict.problems
+
+    told = json.loads(json.dumps(rows))
+    told[0]["result"]["sha256"] = "f" * 64  # the result says another hash than the file
+    told = told[:-1]  # and has no outcome for the manifest
+    problems = demo.check_result(_result(exp, out, told, status="finished_with_failures"), out, exp)
+    text = "\n".join(problems)
+    assert "finished_with_failures (exit code 1)" in text
+    assert f"{rows[0]['task_id']}: the CampaignResult and executed_tasks.jsonl differ in result" in text
+    assert exp.manifest_task in text and "without an outcome in the CampaignResult" in text
+    assert "the summary counts" in text
