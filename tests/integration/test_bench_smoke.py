@@ -14,23 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from buddy.errors import InfrastructureError
-from buddy.infra.redis_server import find_redis_server
+from tests.helpers import redis_server_path
 
 ROOT = Path(__file__).resolve().parents[2]
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 pytestmark = pytest.mark.integration
 
 RUN_FIELDS = ("tasks", "wall_s", "tasks_per_s", "redis_cmds", "redis_cmds_per_task")
 
 
 def test_quick_benchmark_reports_every_measurement(tmp_path: Path) -> None:
-    try:
-        find_redis_server()
-    except InfrastructureError as e:
-        if IN_CI:
-            raise
-        pytest.skip(f"no Redis server: {e}")
+    redis_server_path()
     out = tmp_path / "bench.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUDDY_")}
     proc = subprocess.run(

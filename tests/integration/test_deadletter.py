@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import time
 import uuid
 from collections import Counter
@@ -26,14 +25,14 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from buddy.errors import InfrastructureError
 from buddy.infra.fleet import LocalFleet
 from buddy.infra.redis_server import EmbeddedRedis
 from buddy.infra.transport import EXECUTE_TASK, make_celery, redis_client
 from buddy.models import AgentSpec, TaskSpec
 from buddy.state import deadletter
-from buddy.state.store import Keys, Store
-from tests.integration.conftest import IN_CI, buddy, wait_for_workers
+from buddy.state.keys import Keys
+from buddy.state.store import Store
+from tests.helpers import buddy, free_port, start_redis, wait_for_workers
 
 pytestmark = pytest.mark.integration
 
@@ -311,21 +310,9 @@ def _first_row(table: str) -> dict[str, str]:
     return dict(zip(joined(lines[top + 1 : mid], "┃"), joined(lines[mid + 1 : end], "│"), strict=True))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_over_tcp_redis_a_bad_item_is_dead_lettered_too(tmp_path: Path) -> None:
     """``redis://`` (kombu's own URL parsing, not the socket prefix) gets the same channel."""
-    server = EmbeddedRedis(port=_free_port())
-    try:
-        server.start()
-    except InfrastructureError as e:
-        if IN_CI:
-            raise
-        pytest.skip(f"no Redis server: {e}")
+    server = start_redis(port=free_port())
     url = server.tcp_url
     fleet = LocalFleet(url, [AgentSpec(id="a1", concurrency=1)], env=ENV, log_dir=tmp_path / "logs")
     try:

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,11 +25,10 @@ from typing import Any
 
 import pytest
 
-from buddy.errors import InfrastructureError
 from buddy.infra.fleet import LocalFleet
 from buddy.infra.redis_server import EmbeddedRedis
 from buddy.models import AgentSpec
-from tests.integration.conftest import IN_CI, wait_for_workers
+from tests.helpers import free_port, start_redis, unavailable, wait_for_workers
 
 pytestmark = pytest.mark.integration
 
@@ -38,12 +36,6 @@ ROOT = Path(__file__).resolve().parents[2]
 USER, PASSWORD = "ops", "flower-pw-8c2d"
 REDIS_PASSWORD = "redis-pw-for-flower-41f7"
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -75,19 +67,13 @@ class FlowerFleet:
 @pytest.fixture(scope="module")
 def flower(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowerFleet]:
     tmp = tmp_path_factory.mktemp("flower")
-    server = EmbeddedRedis(port=_free_port(), password=REDIS_PASSWORD)
-    try:
-        server.start()
-    except InfrastructureError as e:
-        if IN_CI:
-            raise
-        pytest.skip(f"no Redis server: {e}")
+    server = start_redis(port=free_port(), password=REDIS_PASSWORD)
     fleet = LocalFleet(server.tcp_url, [AgentSpec(id="a1")], env={"BUDDY_TOOLS": ""}, log_dir=tmp / "workers")
     proc: subprocess.Popen[bytes] | None = None
     try:
         fleet.start()
         wait_for_workers(server.tcp_url, ["a1"])
-        port = _free_port()
+        port = free_port()
         log = tmp / "flower.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BUDDY_", "FLOWER_"))}
         env["BUDDY_REDIS_URL"] = server.tcp_url
@@ -200,13 +186,10 @@ def _chromium_argv(exe: str, profile: Path) -> list[str]:
 def test_dashboard_screenshot_shows_the_worker(flower: FlowerFleet, tmp_path: Path) -> None:
     exe = _chromium()
     if exe is None:
-        reason = (
+        unavailable(
             "headless Chromium not found (tried " + ", ".join(CHROMIUM_NAMES) + "): "
             "`apt-get install chromium` (make test does it as root or under CI=true)"
         )
-        if IN_CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
     name, _ = _wait_for_worker(flower)
     # basic auth in the URL works for Chromium's top-level navigation and the page's XHR
     url = f"http://{USER}:{PASSWORD}@127.0.0.1:{flower.port}/workers"
@@ -249,7 +232,7 @@ def _buddy_env(flower: FlowerFleet) -> dict[str, str]:
 
 
 def test_exporter_serves_queue_depth_and_agent_metrics(flower: FlowerFleet, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     argv = [sys.executable, "-m", "buddy", "exporter", "--port", str(port), "--agent", "a1", "--agent", "a7"]
     with open(tmp_path / "exporter.log", "wb") as log:
         proc = subprocess.Popen(argv, env=_buddy_env(flower), stdout=log, stderr=subprocess.STDOUT)
@@ -279,7 +262,7 @@ def test_coordinator_metrics_while_a_campaign_runs(flower: FlowerFleet, tmp_path
         {"task_id": "wait", "tool": "sleep", "args": {"seconds": 3}, "depends_on": ["n0", "n1", "n2"]}
     )
     plan.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    port = _free_port()
+    port = free_port()
     argv = [
         sys.executable, "-m", "buddy", "run", str(plan), "--agents", "a1", "--mode", "live",
         "--out", str(tmp_path / "out"), "--no-progress", "--metrics-port", str(port),

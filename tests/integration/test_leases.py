@@ -67,7 +67,8 @@ def test_eight_processes_two_hundred_leases_each(fleet_redis: EmbeddedRedis, tmp
 HOLDER = r"""
 import sys
 from pathlib import Path
-from buddy.state.leases import LeaseManager, LeaseLostError
+from buddy.errors import LeaseLostError
+from buddy.state.leases import LeaseManager
 from buddy.models import ResourceClaim
 from buddy.tools import ToolContext, default_registry
 from buddy.infra.transport import redis_client

@@ -44,7 +44,7 @@ from buddy.infra.transport import (
 )
 from buddy.models import AgentSpec
 from buddy.state.store import Store
-from tests.integration.conftest import IN_CI, buddy, wait_for_workers
+from tests.helpers import buddy, unavailable, wait_for_workers
 
 pytestmark = pytest.mark.integration
 
@@ -58,26 +58,20 @@ def _rabbitmqctl(*args: str) -> str:
     ).stdout
 
 
-def _unavailable(why: str) -> None:
-    if IN_CI:
-        pytest.fail(f"CI=true but RabbitMQ is not usable: {why}")
-    pytest.skip(f"no RabbitMQ: {why}")
-
-
 @pytest.fixture(scope="module")
 def vhost() -> Iterator[str]:
     """A private RabbitMQ virtual host the guest user may use; deleted at teardown."""
     if shutil.which("rabbitmqctl") is None:
-        _unavailable("rabbitmqctl is not on PATH")
+        unavailable("no RabbitMQ: rabbitmqctl is not on PATH")
     try:
         socket.create_connection((AMQP_HOST, AMQP_PORT), timeout=3).close()
     except OSError as e:
-        _unavailable(f"nothing answers on {AMQP_HOST}:{AMQP_PORT} ({e})")
+        unavailable(f"no RabbitMQ: nothing answers on {AMQP_HOST}:{AMQP_PORT} ({e})")
     name = f"buddy-test-{secrets.token_hex(4)}"
     try:
         _rabbitmqctl("add_vhost", name)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
-        _unavailable(f"rabbitmqctl add_vhost failed: {getattr(e, 'stderr', '') or e}")
+        unavailable(f"no RabbitMQ: rabbitmqctl add_vhost failed: {getattr(e, 'stderr', '') or e}")
     try:
         _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
         yield name

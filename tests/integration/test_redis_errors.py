@@ -2,7 +2,7 @@
 
 A private ``redis-server`` with ``requirepass`` on a free port (never 127.0.0.1:6379) and a
 free port nobody listens on. The processes run a few at a time (one fewer than the cores) so
-that each one's wall time is its own, not the queue's. ``tests/unit/test_redis_errors.py``
+that each one's wall time is its own, not the queue's. ``tests/unit/infra/test_redis_errors.py``
 runs every command against every fault in-process.
 """
 
@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from buddy.errors import InfrastructureError
 from buddy.infra.redis_server import EmbeddedRedis
-from tests.integration.conftest import IN_CI
-from tests.unit.infra.test_redis_errors import commands, free_port, write_plan
+from tests.helpers import free_port, private_redis
+from tests.unit.infra.test_redis_errors import commands, write_plan
 
 pytestmark = pytest.mark.integration
 PASSWORD = "fleet-pw-7c41"
@@ -29,15 +28,8 @@ PASSWORD = "fleet-pw-7c41"
 
 @pytest.fixture(scope="module")
 def locked_redis() -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(password=PASSWORD, port=free_port())
-    try:
-        server.start()
-    except InfrastructureError as e:
-        if IN_CI:
-            raise
-        pytest.skip(f"no Redis server: {e}")
-    yield server
-    server.stop()
+    with private_redis(password=PASSWORD, port=free_port()) as server:
+        yield server
 
 
 def _timed(argv: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess[str]]:

@@ -1,23 +1,26 @@
-"""Safety end to end: modes, approvals from a second process, the lock, abort + rollback."""
+"""Safety end to end through the Python API: modes, approvals from a second process, the
+lock, abort + rollback. Campaigns run in-process on the module's workers (``redis_url=``);
+the operator's side (``buddy approvals``, ``buddy lock``) is the CLI in processes of its own."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import buddy
 from buddy.infra.fleet import LocalFleet
 from buddy.infra.redis_server import EmbeddedRedis
 from buddy.infra.transport import redis_client
 from buddy.safety.gates import Approvals
 from buddy.state.store import Store
-from tests.integration.conftest import buddy
-from tests.integration.test_campaign import executed, write_plan
+from tests.helpers import buddy as cli
+from tests.integration.test_campaign import assert_matches_files, executed, in_background, plan
 
 pytestmark = pytest.mark.integration
 
@@ -26,27 +29,11 @@ def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def start_run(*args: str) -> subprocess.Popen[str]:
-    import os
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BUDDY_")}
-    return subprocess.Popen(
-        [sys.executable, "-m", "buddy", "run", *args, "--no-progress"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def campaign_id(out: Path, timeout_s: float = 30) -> str:
+def wait_for(cond: Any, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            return str(json.loads((out / "campaign.json").read_text())["campaign_id"])
-        except (OSError, ValueError):
-            time.sleep(0.05)
-    raise AssertionError("campaign.json never appeared")
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 def transitions(out: Path) -> list[dict[str, Any]]:
@@ -67,8 +54,7 @@ def test_mock_and_dry_run_touch_nothing(
     (data / "keep.txt").write_text("original\n")
     (data / "gone.txt").write_text("still here\n")
     marker = data / "shell-ran"
-    plan = write_plan(
-        tmp_path / "plan.jsonl",
+    lines = plan(
         [
             {
                 "task_id": "w",
@@ -98,13 +84,12 @@ def test_mock_and_dry_run_touch_nothing(
     )
     before = snapshot(data)
     out = tmp_path / "out"
-    proc = buddy(
-        "run", str(plan), "--mode", mode, "--redis-url", fleet_redis.url, "--out", str(out), "--no-progress"
-    )
-    assert proc.returncode == 0, proc.stderr
+    result = buddy.Campaign(lines, mode=mode, redis_url=fleet_redis.url, out_dir=out).run()
+    assert result.status == "succeeded" and result.exit_code == 0, result.summary
     assert snapshot(data) == before
     assert requests == []  # not even a GET reached the server
-    rows = executed(out)
+    rows = assert_matches_files(result)
+    assert len(rows) == 8
     assert {r["mode"] for r in rows.values()} == {mode}
     if mode == "dry_run":
         assert "-original" in rows["w"]["result"]["diff"] and "+new" in rows["w"]["result"]["diff"]
@@ -117,8 +102,7 @@ def test_live_needs_confidence_for_its_risk(
     fleet: LocalFleet, fleet_redis: EmbeddedRedis, tmp_path: Path
 ) -> None:
     target = tmp_path / "f.txt"
-    plan = write_plan(
-        tmp_path / "plan.jsonl",
+    lines = plan(
         [
             {
                 "task_id": "unsure",
@@ -131,14 +115,14 @@ def test_live_needs_confidence_for_its_risk(
         confidence=None,
     )
     out = tmp_path / "out"
-    proc = buddy(
-        "run", str(plan), "--mode", "live", "--redis-url", fleet_redis.url, "--out", str(out), "--no-progress"
-    )
-    assert proc.returncode == 0, proc.stderr
-    rows = executed(out)
-    assert rows["unsure"]["mode"] == "dry_run" and "0.50 < 0.60" in rows["unsure"]["mode_reason"]
+    result = buddy.Campaign(lines, mode="live", redis_url=fleet_redis.url, out_dir=out).run()
+    assert result.status == "succeeded" and result.exit_code == 0, result.summary
+    unsure, sure = result.outcomes["unsure"], result.outcomes["sure"]
+    assert unsure.mode is buddy.Mode.DRY_RUN and "0.50 < 0.60" in (unsure.mode_reason or "")
     assert not target.exists()
-    assert rows["sure"]["mode"] == "live"  # LOW needs no confidence
+    assert sure.mode is buddy.Mode.LIVE  # LOW needs no confidence
+    rows = assert_matches_files(result)
+    assert rows["unsure"]["mode"] == "dry_run" and rows["sure"]["mode"] == "live"
 
 
 def test_approve_deny_and_timeout_from_a_second_process(
@@ -147,43 +131,40 @@ def test_approve_deny_and_timeout_from_a_second_process(
     files = {name: tmp_path / f"{name}.txt" for name in ("approved", "denied", "ignored")}
     for f in files.values():
         f.write_text("precious\n")
-    plan = write_plan(
-        tmp_path / "plan.jsonl",
+    lines = plan(
         [{"task_id": f"del-{n}", "tool": "file.delete", "args": {"path": str(f)}} for n, f in files.items()]
-        + [{"task_id": "after", "tool": "noop", "depends_on": ["del-denied"]}],
+        + [{"task_id": "after", "tool": "noop", "depends_on": ["del-denied"]}]
     )
     out = tmp_path / "out"
-    proc = start_run(str(plan), "--mode", "live", "--redis-url", fleet_redis.url, "--out", str(out),
-                     "--approval-timeout", "8")  # fmt: skip
-    try:
-        cid = campaign_id(out)
-        approvals = Approvals(Store(redis_client(fleet_redis.url)))
-        deadline = time.monotonic() + 30
-        while len(approvals.get(cid)) < 3 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        listed = buddy("approvals", "list", cid, "--json", "--redis-url", fleet_redis.url)
+    cid = f"approvals-{uuid.uuid4().hex[:8]}"
+    campaign = buddy.Campaign(
+        lines, mode="live", redis_url=fleet_redis.url, out_dir=out, approval_timeout=8, campaign_id=cid
+    )
+    approvals = Approvals(Store(redis_client(fleet_redis.url)))
+    with in_background(campaign) as running:
+        wait_for(lambda: len(approvals.get(cid)) >= 3 or running.done(), 30, "three approval requests")
+        listed = cli("approvals", "list", cid, "--json", "--redis-url", fleet_redis.url)
         assert listed.returncode == 0, listed.stderr
         shown = [json.loads(x) for x in listed.stdout.splitlines()]
         assert sorted((a["task_id"], a["status"], a["risk"]) for a in shown) == [
             ("del-approved", "pending", "HIGH"), ("del-denied", "pending", "HIGH"), ("del-ignored", "pending", "HIGH")
         ]  # fmt: skip
-        ok = buddy(
-            "approvals", "approve", cid, "del-approved", "--by", "alice", "--redis-url", fleet_redis.url
-        )
+        ok = cli("approvals", "approve", cid, "del-approved", "--by", "alice", "--redis-url", fleet_redis.url)
         assert ok.returncode == 0, ok.stdout + ok.stderr
-        no = buddy("approvals", "deny", cid, "del-denied", "--reason", "keep it", "--by", "bob",
+        no = cli("approvals", "deny", cid, "del-denied", "--reason", "keep it", "--by", "bob",
                    "--redis-url", fleet_redis.url)  # fmt: skip
         assert no.returncode == 0, no.stdout + no.stderr
-        again = buddy("approvals", "approve", cid, "del-denied", "--redis-url", fleet_redis.url)
+        again = cli("approvals", "approve", cid, "del-denied", "--redis-url", fleet_redis.url)
         assert again.returncode == 1 and "already decided" in again.stdout
-        _, stderr = proc.communicate(timeout=90)
-    finally:
-        proc.kill()
-    assert proc.returncode == 1, stderr
+        result = running.result(timeout=90)
+    assert result.status == "finished_with_failures" and result.exit_code == 1, result.summary
+    assert result.campaign_id == cid
+    assert_matches_files(result)
     assert not files["approved"].exists()
     assert files["denied"].read_text() == "precious\n"  # a denied file.delete leaves its file
     assert files["ignored"].read_text() == "precious\n"
     rows = executed(out)
+    assert result.outcomes["del-ignored"].status is buddy.TaskStatus.DENIED
     assert rows["del-approved"]["status"] == "succeeded" and rows["del-approved"]["mode"] == "live"
     assert rows["del-denied"]["status"] == "denied" and "bob" in rows["del-denied"]["error_msg"]
     assert "keep it" in rows["del-denied"]["error_msg"]
@@ -203,8 +184,7 @@ def test_lock_is_honoured_by_a_running_campaign(
     fleet: LocalFleet, fleet_redis: EmbeddedRedis, tmp_path: Path
 ) -> None:
     target = tmp_path / "written.txt"
-    plan = write_plan(
-        tmp_path / "plan.jsonl",
+    lines = plan(
         [
             # long enough for `buddy lock` (a process of its own) to land while wave 1 runs
             {"task_id": "slow", "tool": "sleep", "args": {"seconds": 8}},
@@ -217,17 +197,18 @@ def test_lock_is_honoured_by_a_running_campaign(
         ],
     )
     out = tmp_path / "out"
-    proc = start_run(str(plan), "--mode", "live", "--redis-url", fleet_redis.url, "--out", str(out))
+    campaign = buddy.Campaign(lines, mode="live", redis_url=fleet_redis.url, out_dir=out)
     try:
-        campaign_id(out)
-        locked = buddy("lock", "--reason", "change freeze", "--redis-url", fleet_redis.url)
-        assert locked.returncode == 0, locked.stderr
-        _, stderr = proc.communicate(timeout=60)
+        with in_background(campaign) as running:
+            wait_for(lambda: (out / "wave_1").exists() or running.done(), 30, "wave 1")
+            assert not running.done(), running.result()
+            locked = cli("lock", "--reason", "change freeze", "--redis-url", fleet_redis.url)
+            assert locked.returncode == 0, locked.stderr
+            result = running.result(timeout=60)
     finally:
-        proc.kill()
-        buddy("unlock", "--redis-url", fleet_redis.url)
-    assert proc.returncode == 0, stderr
-    rows = executed(out)
+        cli("unlock", "--redis-url", fleet_redis.url)
+    assert result.status == "succeeded" and result.exit_code == 0, result.summary
+    rows = assert_matches_files(result)
     assert rows["slow"]["mode"] == "live"
     assert rows["write"]["mode"] == "mock" and "change freeze" in rows["write"]["mode_reason"]
     assert not target.exists()
@@ -257,11 +238,14 @@ def test_abort_with_rollback_restores_every_file(
         {"task_id": "log", "tool": "file.append", "args": {"path": str(ledger), "line": "appended"}},
         {"task_id": "next", "tool": "noop", "depends_on": ["w0"]},
     ]
-    plan = write_plan(tmp_path / "plan.jsonl", lines)
     out = tmp_path / "out"
-    proc = buddy("run", str(plan), "--mode", "live", "--redis-url", fleet_redis.url, "--out", str(out),
-                 "--max-fail-percentage", "0", "--rollback-on-abort", "--no-progress")  # fmt: skip
-    assert proc.returncode == 3, proc.stderr
+    result = buddy.Campaign(
+        plan(lines), mode="live", redis_url=fleet_redis.url, out_dir=out, max_fail_percentage=0,
+        rollback_on_abort=True,
+    ).run()  # fmt: skip
+    assert result.status == "aborted" and result.exit_code == 3, result.summary
+    assert result.abort_reason and "max_fail_percentage" in result.abort_reason
+    assert result.outcomes["w0"].rolled_back or result.outcomes["w0"].status.value == "rolled_back"
     after = snapshot(data)
     ledger_after = after.pop("ledger.txt")
     expected = dict(before)

@@ -5,18 +5,24 @@
   outcome, no file, and a payload that would run code on unpickling runs none. The same
   message as JSON does run (the control that proves the test would see it).
 - A campaign against a password-protected Redis succeeds, and the password appears in none of
-  the outputs, worker logs (JSON format), CLI output or campaign state.
+  the outputs, worker logs (JSON format), the campaign's messages and log records, its
+  result, the CLI's ``status``/``agents``/``doctor`` output or the campaign state.
 - With ``BUDDY_SIGNING_KEY`` (Celery's ``auth`` serializer) a signed campaign runs, and an
-  unsigned message or one signed with an untrusted key is refused and runs nothing.
+  unsigned message or one signed with an untrusted key is refused and runs nothing. That
+  campaign runs as ``buddy run`` in a process of its own: signing sets Celery's serializers
+  process-wide, which would leak into the other tests of this process.
+- A campaign over TLS (``rediss://``) checks the server's certificate.
+
+Campaigns run in-process (``buddy.Campaign``) unless said otherwise.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -27,13 +33,16 @@ from pathlib import Path
 
 import pytest
 
-from buddy.errors import InfrastructureError
+import buddy
 from buddy.infra.fleet import LocalFleet
 from buddy.infra.redis_server import EmbeddedRedis
 from buddy.infra.transport import EXECUTE_TASK, make_celery, redis_client
 from buddy.models import AgentSpec, TaskSpec
-from buddy.state.store import Keys, Store
-from tests.integration.conftest import IN_CI, buddy, wait_for_workers
+from buddy.state.keys import Keys
+from buddy.state.store import Store
+from tests.helpers import buddy as cli
+from tests.helpers import free_port, private_redis, redis_server_path, start_redis, wait_for_workers
+from tests.integration.test_campaign import assert_matches_files, text_console
 
 pytestmark = pytest.mark.integration
 
@@ -128,12 +137,6 @@ def test_pickle_message_is_refused_and_nothing_runs(
 # -- a password-protected Redis -------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def secret() -> str:
     return f"s3cr3t-{secrets.token_hex(12)}"
@@ -141,15 +144,8 @@ def secret() -> str:
 
 @pytest.fixture(scope="module")
 def auth_redis(secret: str) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(port=_free_port(), password=secret)
-    try:
-        server.start()
-    except InfrastructureError as e:
-        if IN_CI:
-            raise
-        pytest.skip(f"no Redis server: {e}")
-    yield server
-    server.stop()
+    with private_redis(port=free_port(), password=secret) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -178,11 +174,14 @@ def test_redis_refuses_clients_without_the_password(auth_redis: EmbeddedRedis) -
 
 
 def test_campaign_on_a_password_protected_redis_never_shows_the_password(
-    auth_redis: EmbeddedRedis, auth_fleet: LocalFleet, secret: str, tmp_path: Path
+    auth_redis: EmbeddedRedis,
+    auth_fleet: LocalFleet,
+    secret: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     url = auth_redis.tcp_url
     assert secret in url
-    plan = tmp_path / "plan.jsonl"
     rows = [
         {"task_id": "noop-1", "tool": "noop"},
         {"task_id": "hash", "tool": "file.sha256", "args": {"path": json.__file__}},
@@ -194,23 +193,29 @@ def test_campaign_on_a_password_protected_redis_never_shows_the_password(
         },
         {"task_id": "noop-2", "tool": "noop", "depends_on": ["hash", "write"]},
     ]
-    plan.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "out"
-    res = buddy(
-        "run", str(plan), "--agents", "a1,a2", "--redis-url", url, "--out", str(out),
-        "--mode", "live", "--no-progress", "--worker-wait", "30",
-        env={"BUDDY_LOG_FORMAT": "json"},
-    )  # fmt: skip
-    assert res.returncode == 0, res.stdout + res.stderr
+    console, printed = text_console()
+    caplog.set_level(logging.DEBUG)
+    result = buddy.Campaign(
+        rows, agents=["a1", "a2"], redis_url=url, out_dir=out, mode="live", worker_wait=30, console=console,
+        progress=True,
+    ).run()  # fmt: skip
+    assert result.status == "succeeded" and result.exit_code == 0, printed.getvalue()
+    assert_matches_files(result)
     assert (tmp_path / "w.txt").read_text() == "x"
 
-    texts: dict[str, str] = {"run stdout": res.stdout, "run stderr": res.stderr}
+    texts: dict[str, str] = {
+        "campaign messages": printed.getvalue(),
+        "campaign log records": "\n".join(f"{r.name} {r.getMessage()} {r.args!r}" for r in caplog.records),
+        "campaign result": result.model_dump_json(),
+    }
+    assert texts["campaign messages"].strip()
     for cmd in ("status", "agents"):
-        r = buddy(cmd, "--redis-url", url)
+        r = cli(cmd, "--redis-url", url)
         assert r.returncode == 0, r.stderr
         texts[f"buddy {cmd}"] = r.stdout + r.stderr
     wrong = url.replace(secret, "not-the-password")
-    r = buddy("doctor", "--redis-url", wrong, "--json")  # fails fast (`status` retries for ~20 s)
+    r = cli("doctor", "--redis-url", wrong, "--json")  # fails fast (`status` retries for ~20 s)
     assert r.returncode == 1 and "redis://:***@" in r.stdout and "invalid username-password" in r.stdout
     texts["doctor with a wrong password"] = r.stdout + r.stderr
     files = [p for p in out.rglob("*") if p.is_file()]
@@ -222,7 +227,8 @@ def test_campaign_on_a_password_protected_redis_never_shows_the_password(
     assert logs
     for p in logs:
         texts[str(p)] = p.read_text(errors="replace")
-    cid = json.loads((out / "campaign.json").read_text())["campaign_id"]
+    cid = result.campaign_id
+    assert json.loads((out / "campaign.json").read_text())["campaign_id"] == cid
     store = Store(redis_client(url))
     texts["campaign hash in Redis"] = json.dumps(store.campaign(cid))
 
@@ -251,7 +257,7 @@ def test_campaign_on_a_password_protected_redis_never_shows_the_password(
 def test_doctor_on_the_password_protected_redis_shows_no_password(
     auth_redis: EmbeddedRedis, auth_fleet: LocalFleet, secret: str
 ) -> None:
-    r = buddy("doctor", "--redis-url", auth_redis.tcp_url, "--agents", "a1,a2", "--json")
+    r = cli("doctor", "--redis-url", auth_redis.tcp_url, "--agents", "a1,a2", "--json")
     assert secret not in r.stdout + r.stderr
     checks = {c["name"]: c for c in map(json.loads, r.stdout.splitlines())}
     assert checks["redis"]["ok"] and ":***@" in checks["redis"]["detail"]
@@ -306,13 +312,7 @@ app.send_task(EXECUTE_TASK, kwargs=json.loads(sys.argv[1]), queue="buddy.agent.a
 def test_signed_fleet_runs_signed_campaigns_and_refuses_unsigned_or_foreign_messages(tmp_path: Path) -> None:
     key = _key_and_cert(tmp_path / "fleet.pem", "buddy-fleet")
     foreign = _key_and_cert(tmp_path / "foreign.pem", "someone-else")
-    server = EmbeddedRedis()
-    try:
-        server.start()
-    except InfrastructureError as e:
-        if IN_CI:
-            raise
-        pytest.skip(f"no Redis server: {e}")
+    server = start_redis()
     url = server.url
     fleet = LocalFleet(
         url, [AgentSpec(id="a1")], env={"BUDDY_SIGNING_KEY": str(key)}, log_dir=tmp_path / "logs"
@@ -324,7 +324,7 @@ def test_signed_fleet_runs_signed_campaigns_and_refuses_unsigned_or_foreign_mess
         task = {"task_id": "w", "tool": "file.write", "confidence": 0.99}
         task["args"] = {"path": str(tmp_path / "signed.txt"), "content": "s"}
         plan.write_text(json.dumps(task) + "\n")
-        res = buddy(
+        res = cli(
             "run", str(plan), "--agents", "a1", "--redis-url", url, "--out", str(tmp_path / "out"),
             "--mode", "live", "--no-progress", env={"BUDDY_SIGNING_KEY": str(key)},
         )  # fmt: skip
@@ -423,17 +423,10 @@ class TlsRedis:
 def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
     import redis
 
-    from buddy.infra.redis_server import find_redis_server
-
     d = tmp_path_factory.mktemp("tls-redis")
     ca, cert, key = _tls_files(d)
-    try:
-        exe = find_redis_server()
-    except InfrastructureError as e:
-        if IN_CI:
-            raise
-        pytest.skip(f"no Redis server: {e}")
-    tls = TlsRedis(port=_free_port(), password=f"tls-{secrets.token_hex(8)}", ca=ca)
+    exe = redis_server_path()
+    tls = TlsRedis(port=free_port(), password=f"tls-{secrets.token_hex(8)}", ca=ca)
     argv = [
         exe, "--port", "0", "--bind", "127.0.0.1", "--tls-port", str(tls.port),
         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
@@ -473,27 +466,26 @@ def test_campaign_over_tls_checks_the_certificate(tls_redis: TlsRedis, tmp_path:
     try:
         fleet.start()
         wait_for_workers(url, ["a1"])
-        plan = tmp_path / "plan.jsonl"
-        plan.write_text(json.dumps({"task_id": "n", "tool": "noop"}) + "\n")
-        res = buddy(
-            "run",
-            str(plan),
-            "--agents",
-            "a1",
-            "--redis-url",
-            url,
-            "--out",
-            str(tmp_path / "out"),
-            "--no-progress",
-        )
-        assert res.returncode == 0, res.stdout + res.stderr
+        console, printed = text_console()
+        result = buddy.Campaign(
+            [{"task_id": "n", "tool": "noop"}], agents=["a1"], redis_url=url, out_dir=tmp_path / "out",
+            console=console,
+        ).run()  # fmt: skip
+        assert result.status == "succeeded" and result.exit_code == 0, printed.getvalue()
+        assert result.outcomes["n"].status is buddy.TaskStatus.SUCCEEDED
+        # the same server without the private CA: the campaign refuses it before anything runs
+        with pytest.raises(buddy.InfrastructureError, match="CERTIFICATE_VERIFY_FAILED"):
+            buddy.Campaign(
+                [{"task_id": "n", "tool": "noop"}], agents=["a1"], redis_url=tls_redis.url(ca=False),
+                out_dir=tmp_path / "refused", console=console,
+            ).run()  # fmt: skip
     finally:
         fleet.stop()
-    # the same server without the private CA: the certificate is checked and refused
-    r = buddy("doctor", "--redis-url", tls_redis.url(ca=False), "--json")
+    # ... and so does buddy doctor
+    r = cli("doctor", "--redis-url", tls_redis.url(ca=False), "--json")
     [check] = [json.loads(x) for x in r.stdout.splitlines() if '"redis"' in x]
     assert not check["ok"] and "CERTIFICATE_VERIFY_FAILED" in check["detail"]
-    assert tls_redis.password not in r.stdout + res.stdout + res.stderr
+    assert tls_redis.password not in r.stdout + printed.getvalue()
 
 
 # -- buddy.security without servers --------------------------------------------------------

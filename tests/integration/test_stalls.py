@@ -6,24 +6,21 @@ detection a worker killed with SIGKILL held a 30-task campaign for 510 s.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+import buddy
 from buddy.infra.fleet import LocalFleet
-from buddy.infra.redis_server import EmbeddedRedis
 from buddy.infra.transport import redis_client
 from buddy.models import AgentSpec
 from buddy.state.store import Store
-from tests.integration.conftest import wait_for_workers
-from tests.integration.test_campaign import executed
+from tests.helpers import private_redis, wait_for_workers
+from tests.integration.test_campaign import assert_matches_files, in_background
 from tests.integration.test_recovery import _ledger_plan, _lines, _wait_for
 
 pytestmark = pytest.mark.integration
@@ -44,40 +41,38 @@ def _running_sleep(url: str) -> bool:
 def test_a_killed_worker_is_noticed_and_its_tasks_sent_again(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.txt"
     plan = _ledger_plan(tmp_path, ledger, waves=1, per_wave=6, pause_s=2.0)
-    with EmbeddedRedis() as redis_server:
+    with private_redis() as redis_server:
         first = LocalFleet(redis_server.url, [AgentSpec(id="a1", concurrency=1)], log_dir=tmp_path / "l1")
         first.start()
         second: LocalFleet | None = None
         try:
             wait_for_workers(redis_server.url, ["a1"])
-            out = tmp_path / "out"
-            env = {k: v for k, v in os.environ.items() if not k.startswith("BUDDY_")}
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "buddy", "run", str(plan), "--agents", "a1", "--mode", "live",
-                 "--redis-url", redis_server.url, "--out", str(out), "--batch-size", "4",
-                 "--wave-timeout", "600", "--local-workers", "0", "--no-progress"],
-                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            campaign = buddy.Campaign.from_file(
+                plan, agents=["a1"], mode="live", redis_url=redis_server.url, out_dir=tmp_path / "out",
+                batch_size=4, wave_timeout=600, local_workers=0,
             )  # fmt: skip
-            _wait_for(lambda: len(_lines(ledger)) >= 1, 60, "an append")
-            _wait_for(lambda: _running_sleep(redis_server.url), 60, "a sleep task running")
-            os.killpg(first.procs[0].pid, signal.SIGKILL)  # the worker and its children: nothing requeues
-            killed_at = time.monotonic()
-            second = LocalFleet(
-                redis_server.url, [AgentSpec(id="a1", concurrency=1)], log_dir=tmp_path / "l2"
-            )
-            second.start()
-            _, stderr = proc.communicate(timeout=240)
+            with in_background(campaign) as running:
+                _wait_for(lambda: len(_lines(ledger)) >= 1 or running.done(), 60, "an append")
+                _wait_for(
+                    lambda: _running_sleep(redis_server.url) or running.done(), 60, "a sleep task running"
+                )
+                assert not running.done(), running.result()
+                os.killpg(first.procs[0].pid, signal.SIGKILL)  # the worker and its children: nothing requeues
+                killed_at = time.monotonic()
+                second = LocalFleet(
+                    redis_server.url, [AgentSpec(id="a1", concurrency=1)], log_dir=tmp_path / "l2"
+                )
+                second.start()
+                result = running.result(timeout=240)
             waited = time.monotonic() - killed_at
-            events = Store(redis_client(redis_server.url)).events(
-                json.loads((out / "campaign.json").read_text())["campaign_id"], 500
-            )
+            events = Store(redis_client(redis_server.url)).events(result.campaign_id, 500)
         finally:
             first.stop()
             if second is not None:
                 second.stop()
-    assert proc.returncode in (0, 1), stderr
-    rows = executed(out)
-    assert len(rows) == 12
+    assert result.exit_code in (0, 1), result.summary
+    rows = assert_matches_files(result)
+    assert len(rows) == 12 and result.tasks == 12
     counts = Counter(_lines(ledger))
     assert all(n == 1 for n in counts.values()), counts
     statuses = Counter(r["status"] for r in rows.values())
