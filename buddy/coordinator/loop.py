@@ -31,7 +31,7 @@ from rich.console import Console
 from buddy.analysis.agents import summarize_wave
 from buddy.config import get_settings
 from buddy.coordinator.approvals import ApprovalWaiter, Approver
-from buddy.coordinator.finish import finish_campaign
+from buddy.coordinator.finish import campaign_info, finish_campaign
 from buddy.coordinator.fleet_view import FleetView
 from buddy.coordinator.gating import WaveGating
 from buddy.coordinator.hooks import CampaignContext, HookRunner
@@ -152,8 +152,6 @@ class Coordinator:
             return finish_campaign(self, status, abort_reason)
 
     def _begin(self) -> None:
-        from buddy.coordinator.finish import campaign_info
-
         info = campaign_info(self)
         self.files.begin(None if self.opts.resume else info, self.plan.conflicts)
         # a new campaign id has no outcomes: no need to look for them before every wave
