@@ -89,6 +89,31 @@ class WaveGating:
             pre += self._approve(n, waiting)
         return pre, gates
 
+    def reuse_outcomes(self, tasks: list[PlannedTask], outcomes: Mapping[str, Outcome]) -> None:
+        """Deduplicated tasks (``duplicate_irreversible``) take their twin's outcome, never running."""
+        twins = [
+            pt for pt in tasks if pt.task.task_id in self.ctx.plan.reuse and pt.task.task_id not in outcomes
+        ]
+        if not twins:
+            return
+        sources = self.ctx.store.outcomes(
+            self.ctx.campaign_id, [self.ctx.plan.reuse[pt.task.task_id] for pt in twins]
+        )
+        copies = []
+        for pt in twins:
+            src_id = self.ctx.plan.reuse[pt.task.task_id]
+            src = sources.get(src_id)
+            if src is None:
+                copies.append(
+                    self.moves.closed(pt, TaskStatus.SKIPPED, "conflict", f"its twin {src_id} has no outcome")
+                )
+                continue
+            why = f"deduplicated: takes the outcome of {src_id}, which ran the same call"
+            self.moves.move(pt.task.task_id, src.status, why)
+            update = {"task_id": pt.task.task_id, "agent_id": pt.agent, "wave": pt.wave, "mode_reason": why}
+            copies.append(src.model_copy(update=update))
+        self.ctx.store.record_outcomes(copies)
+
     def _approve(self, n: int, waiting: list[tuple[PlannedTask, Risk, float]]) -> list[Outcome]:
         cid, opts = self.ctx.campaign_id, self.ctx.options
         how = (

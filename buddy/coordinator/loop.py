@@ -244,7 +244,7 @@ class Coordinator:
             missing = self.sender.wait(n, self.dispatch)
             if missing:
                 self._close_lost(n, missing, gates)
-        self._reuse_outcomes(tasks)
+        self.gating.reuse_outcomes(tasks, self.outcomes)
         self._close_wave(n, ids)
 
     def _close_wave(self, n: int, ids: list[str]) -> None:
@@ -307,29 +307,6 @@ class Coordinator:
         self._flush_transitions()
         done = sum(1 for e in self.rollbacks if e.status == "rolled_back")
         self.console.print(f"rolled back {done} task(s); see {OutputWriter.ROLLBACKS}")
-
-    def _reuse_outcomes(self, tasks: list[PlannedTask]) -> None:
-        """Deduplicated tasks (``duplicate_irreversible``) take their twin's outcome, never running."""
-        twins = [
-            pt for pt in tasks if pt.task.task_id in self.plan.reuse and pt.task.task_id not in self.outcomes
-        ]
-        if not twins:
-            return
-        sources = self.store.outcomes(self.cid, [self.plan.reuse[pt.task.task_id] for pt in twins])
-        copies = []
-        for pt in twins:
-            src_id = self.plan.reuse[pt.task.task_id]
-            src = sources.get(src_id)
-            if src is None:
-                copies.append(
-                    self.moves.closed(pt, TaskStatus.SKIPPED, "conflict", f"its twin {src_id} has no outcome")
-                )
-                continue
-            why = f"deduplicated: takes the outcome of {src_id}, which ran the same call"
-            self.moves.move(pt.task.task_id, src.status, why)
-            update = {"task_id": pt.task.task_id, "agent_id": pt.agent, "wave": pt.wave, "mode_reason": why}
-            copies.append(src.model_copy(update=update))
-        self.store.record_outcomes(copies)
 
     def _check_thresholds(self, n: int, failed: int, total: int) -> None:
         """Abort when the wave's failures are *more than* ``max_fail_percentage`` of its tasks, or

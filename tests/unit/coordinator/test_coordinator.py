@@ -169,3 +169,24 @@ def test_without_a_live_worker_the_campaign_aborts_after_the_wait(fleet: Fleet, 
     summary = json.loads((tmp_path / "out" / "execution_summary.json").read_text())
     assert (summary["status"], summary["exit_code"]) == ("aborted", EXIT_ABORTED)
     assert summary["abort_reason"] == result.abort_reason
+
+
+def test_a_deduplicated_twin_takes_the_outcome_of_the_call_that_ran(worker: Fleet, tmp_path: Path) -> None:
+    from buddy.plan.conflicts import resolve
+    from buddy.plan.policy import ConflictPolicy
+
+    log = tmp_path / "log.txt"
+    line = {"tool": "file.append", "args": {"path": str(log), "line": "hello"}, "confidence": 0.95}
+    plan = worker.plan([{"task_id": "log-1", **line}, {"task_id": "log-2", **line}], tmp_path)
+    plan.conflicts = resolve(plan, worker.registry, ConflictPolicy())
+    assert len(plan.reuse) == 1
+
+    _, result = worker.run(plan, options(tmp_path, mode=Mode.LIVE))
+
+    assert log.read_text() == "hello\n"  # the irreversible call ran once
+    assert result.status == "succeeded"
+    ((twin, source),) = plan.reuse.items()
+    assert result.outcomes[source].status is TaskStatus.SUCCEEDED
+    copy = result.outcomes[twin]
+    assert copy.status is TaskStatus.SUCCEEDED and copy.result == result.outcomes[source].result
+    assert copy.mode_reason == f"deduplicated: takes the outcome of {source}, which ran the same call"
