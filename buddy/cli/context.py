@@ -3,10 +3,11 @@
 
 Which Redis: ``--redis-url``, else ``BUDDY_REDIS_URL``, else ``redis://127.0.0.1:6379/0``
 (:data:`buddy.infra.transport.DEFAULT_REDIS_URL`; ``buddy run`` starts an embedded Redis
-instead). That Redis is PINGed once, within ``BUDDY_CONNECT_TIMEOUT_S`` seconds, before a
-command does any work: when it does not answer, the command prints the redacted URL, what
-happened and the fix (which names --redis-url and BUDDY_REDIS_URL) and exits 3, never a
-traceback. Which broker: ``--broker-url``, else ``BUDDY_BROKER_URL``, else the Redis.
+instead), said on stderr when it is that default, never silently. That Redis is PINGed
+once, within ``BUDDY_CONNECT_TIMEOUT_S`` seconds, before a command does any work: when it
+does not answer, the command prints the redacted URL, what happened and the fix (which names
+--redis-url and BUDDY_REDIS_URL) and exits 3, never a traceback. Which broker:
+``--broker-url``, else ``BUDDY_BROKER_URL``, else the Redis.
 
 This module and :mod:`buddy.cli.options` import no other command module, so that each of them
 can import these two.
@@ -101,6 +102,8 @@ class CliContext:
         self._redis_flag = redis_url
         self._broker_flag = broker_url
         self.url: str = redis_url or settings.redis_url or DEFAULT_REDIS_URL
+        #: True when neither the flag nor BUDDY_REDIS_URL named a Redis (the default is used)
+        self.defaulted = not (redis_url or settings.redis_url)
         self.broker_url: str | None = broker_url or settings.broker_url
         self._probed = False
         self._store: Store | None = None
@@ -128,6 +131,12 @@ class CliContext:
     def probe(self) -> Self:
         """PING the Redis once (:func:`probe_redis`); later calls do nothing."""
         if not self._probed:
+            if self.defaulted:
+                err.print(
+                    f"note: no --redis-url and no BUDDY_REDIS_URL: using {self.url}",
+                    markup=False,
+                    highlight=False,
+                )
             probe_redis(self.url)
             self._probed = True
         return self

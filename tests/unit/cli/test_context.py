@@ -105,6 +105,19 @@ def test_without_a_url_the_default_is_resolved_and_the_broker_is_the_redis() -> 
     cli = CliContext()
     assert cli.url == DEFAULT_REDIS_URL == "redis://127.0.0.1:6379/0"
     assert cli.broker_url is None
+    assert cli.defaulted and not CliContext("redis://flag-host:6381/0").defaulted
+
+
+def test_the_default_redis_is_never_used_silently(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    probed: list[str] = []
+    monkeypatch.setattr("buddy.cli.context.probe_redis", probed.append)  # no connection here
+    CliContext().probe()
+    assert probed == [DEFAULT_REDIS_URL]
+    assert "no --redis-url and no BUDDY_REDIS_URL: using redis://127.0.0.1:6379/0" in capsys.readouterr().err
+    CliContext("redis://flag-host:6381/0").probe()
+    assert "no --redis-url" not in capsys.readouterr().err
 
 
 def test_export_puts_only_the_given_flags_into_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
