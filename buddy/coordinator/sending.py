@@ -41,6 +41,13 @@ from buddy.tools.registry import ToolRegistry
 BODY_GRACE_S = 2.0
 
 
+def shadow_name(wave: int, agent: str, tasks: int, resent: bool = False) -> str:
+    """The name Flower and the worker logs show for a batch message (Celery's ``shadow``
+    option; the task that runs stays ``buddy.execute_batch``): ``buddy wave 2 · a1 · 12 tasks``."""
+    name = f"buddy wave {wave} · {agent} · {tasks} task{'' if tasks == 1 else 's'}"
+    return name + " · resent" if resent else name
+
+
 @dataclasses.dataclass
 class WaveDispatch:
     """One dispatch of a wave: its token, chord id, the sent task ids, the wave's ``done``
@@ -150,7 +157,9 @@ class WaveSender:
             kwargs={"campaign_id": self.cid, "wave": n, "agent_id": agent, "items": items},
             queue=agent_queue(agent),
             task_id=message_id,
-            # what Flower and the logs show; spares Celery a saferepr of every item
+            # what Flower and the logs show: a readable name (Celery's shadow name) and no
+            # saferepr of every item
+            shadow=shadow_name(n, agent, len(items), resent),
             argsrepr="()",
             kwargsrepr=f"{{wave: {n}, agent: {agent}, items: {len(items)}"
             + (", resent: true}" if resent else "}"),

@@ -115,3 +115,16 @@ def test_a_complete_wave_returns_before_its_deadline(store: Store) -> None:
     assert _sender(store, clock, []).wait(1, sending) == set()
     assert set(sending.raw) == {"t1", "t2"}
     assert "wave_deadline" not in [e["type"] for e in store.events(CID)]
+
+
+def test_a_batch_message_carries_a_readable_shadow_name(store: Store) -> None:
+    """Flower and the worker logs show the shadow name; the task that runs is unchanged."""
+    sender = _sender(store, TickingClock(tick=1.0), [])
+    items = [{"task_id": f"t{i}"} for i in range(12)]
+
+    sig = sender._signature(2, "a1", items, "m-1")
+    again = sender._signature(2, "a1", items[:1], "m-2", resent=True)
+
+    assert sig.name == "buddy.execute_batch" and sig.options["queue"] == "buddy.agent.a1"
+    assert sig.options["shadow"] == "buddy wave 2 · a1 · 12 tasks"
+    assert again.options["shadow"] == "buddy wave 2 · a1 · 1 task · resent"
