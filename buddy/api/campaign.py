@@ -136,19 +136,16 @@ class Campaign:
         settings = get_settings()
         self.agents = resolve_agents(self.args.agents, self.config)
         self.registry = default_registry(tool_modules(self.args, self.config, settings))
-        policy = conflict_policy(self.config, self.args.conflict)
-        strategy = self.args.strategy or self.config.strategy or Strategy.ROUND_ROBIN
-        self.plan = build_plan(
+        self.plan = plan_campaign(
             self.source,
             self.registry,
             self.agents,
-            strategy,
-            schedule_path=self.args.schedule,
-            defaults=self.config.defaults,
+            self.args.strategy or self.config.strategy or Strategy.ROUND_ROBIN,
+            self.config,
+            conflict=self.args.conflict,
+            schedule=self.args.schedule,
             workdir=workdir(self.args, self.config),
-            unpin_violations=policy.of(ConflictType.DEPENDENCY_VIOLATION) is Resolution.SERIALIZE,
         )
-        self.plan.conflicts = resolve(self.plan, self.registry, policy)
         return visibility_warnings(self.plan, self.registry)
 
     # -- run -------------------------------------------------------------------------------
@@ -201,6 +198,35 @@ class Campaign:
             metrics_address=self.args.metrics_address,
             broker_url=self.args.broker_url,
         )
+
+
+def plan_campaign(
+    source: Path | list[Any],
+    registry: ToolRegistry,
+    agents: list[AgentSpec],
+    strategy: Strategy,
+    config: CampaignConfig,
+    *,
+    conflict: list[str],
+    schedule: Path | None,
+    workdir: Path,
+) -> CampaignPlan:
+    """Validate, wave and assign a plan, and resolve its conflicts by ``campaign.yaml``'s
+    resolutions overridden by ``conflict`` (``TYPE=RESOLUTION``) — for a run and for a resume
+    alike. Raises :class:`~buddy.errors.PlanError` / ``ConfigError``."""
+    policy = conflict_policy(config, conflict)
+    plan = build_plan(
+        source,
+        registry,
+        agents,
+        strategy,
+        schedule_path=schedule,
+        defaults=config.defaults,
+        workdir=workdir,
+        unpin_violations=policy.of(ConflictType.DEPENDENCY_VIOLATION) is Resolution.SERIALIZE,
+    )
+    plan.conflicts = resolve(plan, registry, policy)
+    return plan
 
 
 def run_campaign(

@@ -15,8 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
-from buddy.api.campaign import run_campaign
-from buddy.api.fleet import Fleet
+from buddy.api.campaign import plan_campaign, run_campaign
 from buddy.api.options import RunArgs, tool_modules
 from buddy.config import CampaignConfig, get_settings, load_campaign_config
 from buddy.coordinator.approvals import Approver
@@ -24,10 +23,8 @@ from buddy.coordinator.options import CampaignOptions, Clock
 from buddy.coordinator.result import CampaignResult
 from buddy.errors import ConfigError, PlanError
 from buddy.infra.probes import check_redis
-from buddy.infra.transport import redact_url
+from buddy.infra.transport import redact_url, redis_client
 from buddy.models import AgentSpec, Strategy
-from buddy.plan.build import build_plan
-from buddy.plan.conflicts import resolve
 from buddy.state.store import Store
 from buddy.tools.registry import default_registry
 
@@ -63,8 +60,7 @@ def resume(
     if not url:
         raise ConfigError("resume needs the fleet's Redis: pass redis_url= or set BUDDY_REDIS_URL")
     check_redis(url, settings.connect_timeout_s)
-    store = Fleet([], redis_url=url, workers_per_agent=0).store()
-    info = store.campaign(campaign_id)
+    info = Store(redis_client(url)).campaign(campaign_id)
     if not info or "options" not in info:
         raise ConfigError(
             f"no campaign {campaign_id!r} in Redis at {redact_url(url)} "
@@ -74,45 +70,24 @@ def resume(
         raise CampaignFinished(
             f"campaign {campaign_id} already finished ({info['status']}); nothing to resume"
         )
-    return _resume(
-        store, url, campaign_id, info, Path(plan), schedule, config, local_workers, list(tools),
-        progress, approver, list(hooks), clock, console,
-    )  # fmt: skip
-
-
-def _resume(
-    store: Store,
-    url: str,
-    cid: str,
-    info: dict[str, str],
-    plan: Path,
-    schedule: str | Path | None,
-    config: str | Path | None,
-    local_workers: int,
-    tools: list[str],
-    progress: bool,
-    approver: Approver | None,
-    hooks: list[Any],
-    clock: Clock | None,
-    console: Console | None,
-) -> CampaignResult:
+    cid, plan = campaign_id, Path(plan)
     options = CampaignOptions.model_validate_json(info["options"])
     options.resume, options.progress, options.campaign_id = True, progress, cid
     agents = [AgentSpec.model_validate(a) for a in json.loads(info["config"])["agents"]]
     config_path = Path(config) if config else options.config_path
     cfg = load_campaign_config(config_path) if config_path else CampaignConfig()
-    modules = tool_modules(RunArgs(tools=tools), cfg, get_settings())
+    modules = tool_modules(RunArgs(tools=list(tools)), cfg, settings)
     registry = default_registry(modules)
-    cp = build_plan(
+    cp = plan_campaign(
         plan,
         registry,
         agents,
         Strategy(info["strategy"]),
-        schedule_path=Path(schedule) if schedule else options.schedule_path,
-        defaults=cfg.defaults,
+        cfg,
+        conflict=[],
+        schedule=Path(schedule) if schedule else options.schedule_path,
         workdir=options.workdir,
     )
-    cp.conflicts = resolve(cp, registry, cfg.conflicts)
     if cp.digest != info.get("plan_digest"):
         raise PlanError.single(
             plan,
@@ -127,7 +102,7 @@ def _resume(
         url=url,
         n_local=local_workers,
         env={"BUDDY_TOOLS": ",".join(modules)},
-        hooks=hooks,
+        hooks=list(hooks),
         approver=approver,
         clock=clock,
         console=console,

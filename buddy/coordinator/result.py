@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from buddy.analysis.anomalies import Anomaly
 from buddy.analysis.health import HealthReport
@@ -26,8 +26,6 @@ class CampaignResult(BaseModel):
     score and status; None when no wave was analyzed); ``waves`` each analyzed wave's report
     (summary, feedback, metrics, anomalies, health); ``anomalies`` and ``signals`` all waves'
     anomalies and learning signals in wave order; ``tasks`` the plan's number of tasks."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
 
     campaign_id: str
     status: CampaignStatus
