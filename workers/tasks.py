@@ -209,7 +209,7 @@ def _on_revoked(request: Any = None, terminated: bool = False, **_: Any) -> None
             wave=wave,
             status=TaskStatus.FAILED,
             mode=i.get("mode", "mock"),
-            start_time=now,
+            start_time=None,  # not known: it may not have started
             end_time=now,
             error_type="revoked",
             error_msg="the Celery task was revoked" + (" and terminated" if terminated else ""),

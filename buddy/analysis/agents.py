@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from buddy.analysis.metrics import throughput_window
 from buddy.analysis.outcomes import agent_key, executed, succeeded
 from buddy.models import AgentSummary, Outcome, StatusCounts, WaveSummary
 
@@ -151,11 +152,15 @@ def wave_window(outcomes: Iterable[Outcome]) -> tuple[datetime | None, datetime 
     return start, end, wall
 
 
-def summarize_wave(campaign_id: str, wave: int, outcomes: Iterable[Outcome]) -> WaveSummary:
+def summarize_wave(
+    campaign_id: str, wave: int, outcomes: Iterable[Outcome], sent_at: datetime | None = None
+) -> WaveSummary:
     """The :class:`~buddy.models.WaveSummary` of one wave's outcomes (module docstring).
 
-    Runs in the chord body (``wave_complete``) and in the coordinator when it closes a wave
-    itself."""
+    ``throughput_tps`` is executed tasks over the wave's throughput window
+    (:func:`buddy.analysis.metrics.throughput_window`: from ``sent_at``, its dispatch, to its
+    last end, at least 1 s), the monitor's number. Runs in the chord body (``wave_complete``)
+    and in the coordinator when it closes a wave itself."""
     outs = list(outcomes)
     counts = status_counts(outs)
     tallies = tally_agents(outs)
@@ -170,7 +175,7 @@ def summarize_wave(campaign_id: str, wave: int, outcomes: Iterable[Outcome]) -> 
         end_time=end,
         wall_s=wall,
         success_rate=ratio(counts.succeeded, counts.total),
-        throughput_tps=throughput_tps(ran, wall),
+        throughput_tps=throughput_tps(ran, throughput_window(ran, start, end, sent_at)),
     )
 
 

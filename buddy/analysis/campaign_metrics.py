@@ -1,9 +1,12 @@
 """Computing a campaign's metrics (:class:`~buddy.analysis.metrics.CampaignMetrics`) from its waves'.
 
 Sums are over the waves; ratios are recomputed from the sums with the definitions of
-:mod:`buddy.analysis.agents` (mean duration = busy / executed, throughput = executed /
-Σ wall_s), so the campaign-wide ``system_health.json`` agrees with ``metrics.jsonl`` and
-with ``execution_summary.json`` (docs/architecture.md, "Data flow").
+:mod:`buddy.analysis.agents` (mean duration = busy / executed) and of
+:mod:`buddy.analysis.metrics` (throughput = executed / Σ window_s), so the campaign-wide
+``system_health.json`` agrees with ``metrics.jsonl``. Counts by status, the fleet's counts
+and rollbacks are taken from the final outcomes of the waves, so a task compensated after an
+abort counts ``rolled_back`` as in ``execution_summary.json`` (docs/architecture.md, "Data
+flow").
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from buddy.analysis.agents import mean_duration_ms, ratio, throughput_tps
+from buddy.analysis.agents import mean_duration_ms, ratio, status_counts, throughput_tps
 from buddy.analysis.calibration import Calibration
 from buddy.analysis.metrics import (
     AgentWaveMetrics,
@@ -20,15 +23,20 @@ from buddy.analysis.metrics import (
     WaveMetrics,
     balance,
     clip01,
+    fleet_failure,
+    judged,
     percentile,
 )
 from buddy.analysis.outcomes import agent_key, executed
-from buddy.models import Outcome
+from buddy.analysis.signals import MAX_LISTED
+from buddy.models import Outcome, TaskStatus
 
 
 def campaign_metrics(waves: Sequence[WaveMetrics], outcomes: Iterable[Outcome]) -> CampaignMetrics:
-    """The :class:`CampaignMetrics` of the campaign's waves (oldest first); ``outcomes``
-    (every wave's) give the latency percentiles (milliseconds)."""
+    """The :class:`CampaignMetrics` of the campaign's waves (oldest first). ``outcomes``: the
+    final outcomes (every wave's; those of waves without metrics are left out) give the
+    counts by status, the fleet's counts, the rollbacks and the latency percentiles
+    (milliseconds); with none of them, those are the sums of the waves'."""
     m = CampaignMetrics(campaign_id=waves[0].campaign_id if waves else "", waves=len(waves))
     status: Counter[str] = Counter()
     cal = Calibration()
@@ -36,6 +44,9 @@ def campaign_metrics(waves: Sequence[WaveMetrics], outcomes: Iterable[Outcome]) 
     tools: dict[str, ToolWaveMetrics] = {}
     patterns: Counter[str] = Counter()
     live_min: list[float] = []
+    drift_tasks: list[str] = []
+    # per agent, busy and slot-seconds of the waves it was capable in (load balance)
+    load: dict[str, list[float]] = {}
     for w in waves:
         for f in _SUMMED:
             setattr(m, f, getattr(m, f) + getattr(w, f))
@@ -44,22 +55,41 @@ def campaign_metrics(waves: Sequence[WaveMetrics], outcomes: Iterable[Outcome]) 
         cal = cal.merge(w.calibration)
         m.ideal_makespan_s += w.ideal_makespan_s
         m.assigned_makespan_s += w.assigned_makespan_s
+        drift_tasks += w.live_drift_tasks
         if w.live_min_predicted is not None:
             live_min.append(w.live_min_predicted)
         for aid, a in w.agents.items():
             acc = agents.setdefault(
-                aid, AgentWaveMetrics(agent_id=aid, wave=0, concurrency=a.concurrency, in_service=False)
+                aid,
+                AgentWaveMetrics(
+                    agent_id=aid, wave=0, concurrency=a.concurrency, in_service=False, capable=False
+                ),
             )
             acc.concurrency = a.concurrency  # the latest (tuned) value
             acc.in_service = acc.in_service or a.in_service
+            acc.capable = acc.capable or a.capable
             for f in _AGENT_SUMMED:
                 setattr(acc, f, getattr(acc, f) + getattr(a, f))
+            if a.capable:
+                busy_slot = load.setdefault(aid, [0.0, 0.0])
+                busy_slot[0] += a.busy_s
+                busy_slot[1] += a.slot_s
         for name, t in w.tools.items():
             tacc = tools.setdefault(name, ToolWaveMetrics(tool=name))
             for f in ("executed", "succeeded", "attempts", "failed_attempts"):
                 setattr(tacc, f, getattr(tacc, f) + getattr(t, f))
     m.slots = max((w.slots for w in waves), default=0)
-    outs = list(outcomes)
+    numbers = {w.wave for w in waves}
+    outs = [o for o in outcomes if o.wave in numbers]
+    if outs:  # the final outcomes: a compensation after an abort is in them, not in the waves
+        counts = status_counts(outs)
+        status = Counter(counts.by_status)
+        m.tasks, m.succeeded = counts.total, counts.succeeded
+        fleet = [o for o in outs if judged(o)]
+        m.fleet_judged, m.fleet_failures = len(fleet), sum(fleet_failure(o) for o in fleet)
+        m.rolled_back = sum(
+            executed(o) and (o.rolled_back or o.status is TaskStatus.ROLLED_BACK) for o in outs
+        )
     durations = [o.duration_ms for o in outs if executed(o)]
     by_agent: dict[str, list[float]] = {}
     for o in outs:
@@ -70,14 +100,17 @@ def campaign_metrics(waves: Sequence[WaveMetrics], outcomes: Iterable[Outcome]) 
         a.attempt_success_rate = clip01((a.attempts - a.failed_attempts) / a.attempts) if a.attempts else 1.0
         a.mean_duration_ms = mean_duration_ms(a.busy_s * 1000.0, a.executed)
         a.utilization = clip01(a.busy_s / a.slot_s) if a.slot_s > 0 else 0.0
-        a.throughput_tps = throughput_tps(a.executed, m.wall_s)
+        a.throughput_tps = throughput_tps(a.executed, m.window_s)
         ds = by_agent.get(aid, [])
         a.latency_p95_ms, a.latency_p99_ms = percentile(ds, 95), percentile(ds, 99)
     m.by_status = dict(sorted(status.items()))
     m.success_rate = ratio(m.succeeded, m.tasks)
-    m.throughput_tps = throughput_tps(m.executed, m.wall_s)
+    m.fleet_success = 1.0 - m.fleet_failures / m.fleet_judged if m.fleet_judged else 1.0
+    m.throughput_tps = throughput_tps(m.executed, m.window_s)
     m.agent_utilization = clip01(m.busy_s / m.slot_s) if m.slot_s > 0 else 0.0
-    m.load_balance = balance([a.utilization for a in agents.values() if a.in_service])
+    capable = {aid: bs for aid, bs in load.items() if agents[aid].in_service}
+    m.load_agents = len(capable)
+    m.load_balance = balance([clip01(b / s) if s > 0 else 0.0 for b, s in capable.values()])
     m.calibration, m.brier, m.ece, m.confidence = cal, cal.brier, cal.ece, 1.0 - cal.ece
     m.prediction_bias = cal.mean_predicted - cal.observed if cal.n else 0.0
     m.schedule_adherence = m.on_plan / m.planned if m.planned else 1.0
@@ -92,6 +125,8 @@ def campaign_metrics(waves: Sequence[WaveMetrics], outcomes: Iterable[Outcome]) 
         clip01(m.ideal_makespan_s / m.assigned_makespan_s) if m.assigned_makespan_s > 0 else 1.0
     )
     m.live_min_predicted = min(live_min) if live_min else None
+    m.live_drift = m.live_drift_sum / m.live_judged if m.live_judged else 0.0
+    m.live_drift_tasks = drift_tasks[:MAX_LISTED]
     m.failure_patterns = dict(sorted(patterns.items()))
     m.agents = dict(sorted(agents.items()))
     m.tools = dict(sorted(tools.items()))
@@ -102,7 +137,10 @@ _SUMMED = (
     "tasks",
     "executed",
     "succeeded",
+    "fleet_judged",
+    "fleet_failures",
     "wall_s",
+    "window_s",
     "busy_s",
     "slot_s",
     "planned",
@@ -115,7 +153,10 @@ _SUMMED = (
     "approvals_requested",
     "approvals_granted",
     "coordination_issues",
+    "upstream_failed",
     "live_failed_unrolled",
+    "live_judged",
+    "live_drift_sum",
 )
 _AGENT_SUMMED = (
     "tasks",

@@ -1,26 +1,76 @@
 """The metrics of a wave and of a campaign: the records and their one-line definitions.
 
 :class:`Metrics` defines every metric in one line; the per-agent numbers it shares with the
-wave summaries (counts, executed, mean duration, throughput) are those of
+wave summaries (counts, executed, mean duration, wall time) are those of
 :mod:`buddy.analysis.agents`. :func:`buddy.analysis.wave_metrics.compute_wave_metrics` and
 :func:`buddy.analysis.campaign_metrics.campaign_metrics` compute them; the monitor turns them
 into anomalies and a health score (docs/architecture.md, "Data flow").
+
+What the fleet is judged on (:func:`judged`, :func:`fleet_failure`) and the throughput
+window (:func:`throughput_window`) are defined here once.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from datetime import datetime
 
 from pydantic import BaseModel, Field
 
 from buddy.analysis.calibration import Calibration
+from buddy.models import Outcome, TaskStatus
+
+#: Statuses the fleet is not judged on: the task was not the fleet's to run (a dependency
+#: failed, a gate or an operator said no, it was cancelled).
+NOT_JUDGED = frozenset({TaskStatus.SKIPPED, TaskStatus.DENIED, TaskStatus.CANCELLED})
+#: Statuses that are a failure of the fleet (``rolled_back`` too when the attempt failed:
+#: :func:`fleet_failure`).
+FLEET_FAILURES = frozenset(
+    {TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.LOST, TaskStatus.NEEDS_REVIEW}
+)
+#: The shortest throughput window, seconds: a wave that ran one task in 0.2 ms ran it at
+#: 1 task/s, not 5,000 (:func:`throughput_window`).
+MIN_WINDOW_S = 1.0
+
+
+def judged(o: Outcome) -> bool:
+    """True when the fleet is judged on the outcome: its status is not in :data:`NOT_JUDGED`."""
+    return o.status not in NOT_JUDGED
+
+
+def fleet_failure(o: Outcome) -> bool:
+    """True when the outcome is a failure of the fleet: ``failed``, ``timed_out``, ``lost``,
+    ``needs_review``, or ``rolled_back`` with an error (an attempt that failed and undid its
+    partial effect; a success compensated after an abort has no error and is not one)."""
+    return o.status in FLEET_FAILURES or (o.status is TaskStatus.ROLLED_BACK and o.error_type is not None)
+
+
+def throughput_window(
+    executed_n: int,
+    start: datetime | None,
+    end: datetime | None,
+    sent_at: datetime | None = None,
+    min_window_s: float = MIN_WINDOW_S,
+) -> float:
+    """The window a wave's throughput is measured over, seconds: from the wave's dispatch
+    (``sent_at``; the first executed ``start_time`` when unknown or later) to the last
+    executed ``end_time`` (``end``), and never less than ``min_window_s``; 0 when nothing
+    ran (``executed_n`` 0). A pause while the wave runs is inside the window."""
+    if executed_n <= 0:
+        return 0.0
+    begin = min((t for t in (sent_at, start) if t is not None), default=None)
+    length = (end - begin).total_seconds() if begin is not None and end is not None else 0.0
+    return max(length, min_window_s)
 
 
 class AgentWaveMetrics(BaseModel):
     """One agent in one wave; a line of ``wave_<n>/agent_<id>/agent_metrics.jsonl``.
 
     - ``in_service``: the agent was among the wave's agents (False: only named by an outcome).
+    - ``capable``: in service and offering a tool the wave ran (or it ran something): only
+      such agents count in load balance and optimization efficiency (an agent idle because it
+      does not offer the wave's tools is capability routing, not imbalance).
 
     - ``tasks``: outcomes attributed to the agent; ``executed``: those whose tool ran;
       ``succeeded``: executed tasks that succeeded (all three as in :mod:`buddy.analysis.agents`).
@@ -31,8 +81,8 @@ class AgentWaveMetrics(BaseModel):
     - ``mean_duration_ms``: busy / executed (ms; 0 when nothing ran).
     - ``utilization``: busy_s / (wave wall_s × concurrency), clipped to 0–1.
     - ``slot_s``: wave wall_s × concurrency (seconds of execution slots offered).
-    - ``throughput_tps``: executed / wave wall_s (tasks per second; for a campaign over Σ of
-      the waves' wall_s).
+    - ``throughput_tps``: executed / the wave's window_s (tasks per second; for a campaign over
+      Σ of the waves' window_s).
     - ``retries``: Σ (attempts − 1); ``retried``: tasks with more than one attempt;
       ``retried_succeeded``: those of them that succeeded.
     - ``predicted_n`` / ``predicted_sum`` / ``predicted_succeeded``: executed tasks with a
@@ -44,6 +94,7 @@ class AgentWaveMetrics(BaseModel):
     wave: int
     concurrency: int
     in_service: bool = True
+    capable: bool = True
     tasks: int = 0
     executed: int = 0
     succeeded: int = 0
@@ -84,15 +135,22 @@ class Metrics(BaseModel):
     (status ``succeeded``), ``by_status``.
 
     - ``success_rate``: succeeded / tasks (0 when there are none); skipped and denied count as
-      not succeeded.
+      not succeeded (the wave summaries' number).
+    - ``fleet_judged``: tasks the fleet is judged on (not skipped, denied or cancelled);
+      ``fleet_failures``: those that failed (:func:`fleet_failure`); ``fleet_success``:
+      1 − fleet_failures / fleet_judged (1 when none is judged): the health score's success.
     - ``wall_s``: last ``end_time`` − first ``start_time`` of the executed tasks (seconds; for a
       campaign Σ of the waves').
-    - ``throughput_tps``: executed / wall_s (tasks per second; 0 when wall_s is 0).
+    - ``window_s``: the throughput window (:func:`throughput_window`): from the wave's dispatch
+      to its last ``end_time``, at least :data:`MIN_WINDOW_S` (seconds; 0 when nothing ran;
+      for a campaign Σ of the waves').
+    - ``throughput_tps``: executed / window_s (tasks per second; 0 when nothing ran).
     - ``busy_s``: Σ ``duration_ms`` / 1000 of the executed tasks (seconds; last attempt of each).
     - ``slots``: Σ concurrency of the agents in service; ``slot_s``: wall_s × slots (slot-seconds).
     - ``agent_utilization``: busy_s / slot_s = busy time / (wall × concurrency), clipped to 0–1.
-    - ``load_balance``: 1 − coefficient of variation (population σ / mean) of the in-service
-      agents' utilization, clipped to 0–1; 1 with fewer than two agents or no work.
+    - ``load_agents``: the capable agents (:class:`AgentWaveMetrics`); ``load_balance``: 1 −
+      coefficient of variation (population σ / mean) of their utilization, clipped to 0–1; 1
+      with fewer than two of them or no work.
     - ``calibration``: Brier score and ECE (10 bins) of ``predicted_success`` over the executed
       tasks (:mod:`buddy.analysis.calibration`); ``brier`` and ``ece`` repeat its two numbers.
     - ``confidence``: 1 − ECE, the Phase 22 "confidence trajectory" made precise (target ≥ 0.95:
@@ -105,25 +163,34 @@ class Metrics(BaseModel):
       attempts that were retries.
     - ``latency_p50_ms`` / ``latency_p95_ms`` / ``latency_p99_ms``: percentiles of the executed
       tasks' ``duration_ms`` (ms; linear interpolation between closest ranks).
-    - ``rollback_frequency``: executed tasks rolled back (``rolled_back`` set or status
-      ``rolled_back``) / executed.
+    - ``rolled_back``: executed tasks rolled back: an attempt that undid its own partial effect
+      (``rolled_back`` set) or status ``rolled_back``; for a campaign counted on the final
+      outcomes, so a compensation after an abort counts (as in ``execution_summary.json``).
+      ``rollback_frequency``: rolled_back / executed.
     - ``conflict_rate``: (conflicts the planner reported + tasks that met ``conflict`` or
       ``lease_lost`` at run time) / tasks, clipped to 1.
     - ``live_execution_ratio``: executed tasks in mode ``live`` / executed.
     - ``approval_rate``: approvals granted / requested (1 when none was requested).
-    - ``ideal_makespan_s``: executed / Σ_agents (concurrency / mean duration in s): the makespan
-      of a split in proportion to each in-service agent's observed capacity (an agent that ran
-      nothing counts at the wave's mean duration).
-    - ``assigned_makespan_s``: max over in-service agents of busy_s / concurrency: the makespan
-      the actual split implies, dispatch overhead left out.
+    - ``ideal_makespan_s``: the larger of executed / Σ_agents (concurrency / mean duration in s),
+      the makespan of a split in proportion to each capable agent's observed capacity (an
+      agent that ran nothing counts at the wave's mean duration), and the longest task (no
+      split shortens it).
+    - ``assigned_makespan_s``: max over capable agents of max(busy_s / concurrency, its
+      longest task): the makespan the actual split implies, dispatch overhead left out.
     - ``optimization_efficiency``: ideal_makespan_s / assigned_makespan_s, clipped to 0–1 (1 when
       nothing was busy): how well the assignment matched work to capacity.
-    - ``coordination_issues``: tasks whose errors include ``conflict``, ``lease_lost``,
-      ``WorkerLost`` or ``upstream_failed``.
+    - ``coordination_issues``: tasks whose errors include ``conflict``, ``lease_lost`` or
+      ``WorkerLost``; ``upstream_failed``: tasks skipped because a dependency failed (the
+      failure is counted where it happened, so they are not a coordination issue).
     - ``live_failed_unrolled``: live tasks that did not succeed and were not rolled back (an
       effect may be left behind).
     - ``live_min_predicted``: the lowest ``predicted_success`` among executed live tasks (None:
       no live task ran).
+    - ``live_judged``: executed live tasks with a prediction, except those of LOW-risk tools
+      without effects (:class:`~buddy.analysis.wave.TaskFacts`); ``live_drift_sum``: Σ
+      |predicted − actual| over them (actual 1 if succeeded, else 0); ``live_drift``:
+      live_drift_sum / live_judged (0–1; 0 when none); ``live_drift_tasks``: their ids, worst
+      first, at most 20 (``unsafe_escalation``).
     - ``failure_patterns``: ``"<tool>:<error_type>"`` → failed tasks that ended with that error.
     """
 
@@ -133,12 +200,17 @@ class Metrics(BaseModel):
     succeeded: int = 0
     by_status: dict[str, int] = Field(default_factory=dict)
     success_rate: float = 0.0
+    fleet_judged: int = 0
+    fleet_failures: int = 0
+    fleet_success: float = 1.0
     wall_s: float = 0.0
+    window_s: float = 0.0
     throughput_tps: float = 0.0
     busy_s: float = 0.0
     slots: int = 0
     slot_s: float = 0.0
     agent_utilization: float = 0.0
+    load_agents: int = 0
     load_balance: float = 1.0
     calibration: Calibration = Field(default_factory=Calibration)
     brier: float = 0.0
@@ -167,8 +239,13 @@ class Metrics(BaseModel):
     assigned_makespan_s: float = 0.0
     optimization_efficiency: float = 1.0
     coordination_issues: int = 0
+    upstream_failed: int = 0
     live_failed_unrolled: int = 0
     live_min_predicted: float | None = None
+    live_judged: int = 0
+    live_drift_sum: float = 0.0
+    live_drift: float = 0.0
+    live_drift_tasks: list[str] = Field(default_factory=list)
     failure_patterns: dict[str, int] = Field(default_factory=dict)
     agents: dict[str, AgentWaveMetrics] = Field(default_factory=dict)
     tools: dict[str, ToolWaveMetrics] = Field(default_factory=dict)
@@ -187,9 +264,10 @@ class WaveMetrics(Metrics):
 class CampaignMetrics(Metrics):
     """The metrics of a whole campaign, from its waves (:func:`campaign_metrics`).
 
-    Sums are over waves; ``wall_s`` is Σ of the waves' wall times (the time between waves,
-    spent planning and waiting for approvals, is left out); ratios are recomputed from the
-    sums; latencies are over every executed outcome.
+    Sums are over waves; ``wall_s`` and ``window_s`` are Σ of the waves' (the time between
+    waves, spent planning and waiting for approvals, is left out); ratios are recomputed from
+    the sums; counts by status, fleet counts and rollbacks are over the final outcomes of the
+    waves; latencies are over every executed outcome.
     """
 
     waves: int = 0

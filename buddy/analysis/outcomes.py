@@ -4,7 +4,7 @@ Every per-task, per-agent and per-wave number of :mod:`buddy.analysis` starts fr
 predicates, so each is defined here once (docs/architecture.md, "Failures are data").
 
 *Executed*: a worker produced the outcome (``worker`` set) and its status is not one of
-:data:`NOT_RUN` (``denied``, ``skipped``, ``lost``): the tool actually ran. A task a worker
+:data:`NOT_RUN` (``denied``, ``skipped``, ``lost``, ``cancelled``): the tool actually ran. A task a worker
 denied (``approval_missing``) or the coordinator closed (skipped, denied, lost by the wave
 deadline, revoked) is counted by status but never judged as executed work.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 from buddy.models import Outcome, TaskStatus
 
 #: Statuses whose task never ran its tool, whoever recorded the outcome.
-NOT_RUN = frozenset({TaskStatus.DENIED, TaskStatus.SKIPPED, TaskStatus.LOST})
+NOT_RUN = frozenset({TaskStatus.DENIED, TaskStatus.SKIPPED, TaskStatus.LOST, TaskStatus.CANCELLED})
 #: Error types that mean agents got in each other's way rather than the tool failing,
 #: mapped to the name of the coordination issue they count as.
 COORDINATION_ERRORS = {

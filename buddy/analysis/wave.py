@@ -1,8 +1,9 @@
 """The feedback loop and monitor over one wave, as the chord body runs them (docs/architecture.md, data flow).
 
 :func:`analyze` reads the wave's outcomes and the inputs the coordinator stored before it
-sent the wave (:class:`WaveInputs`: where each task was planned, its predicted success, the
-agents in service, approvals and conflicts), then computes the summary
+sent the wave (:class:`WaveInputs`: where each task was planned, its predicted success, its
+tool's risk and effects, the agents in service, approvals, conflicts and when the wave was
+sent), then computes the summary
 (:mod:`buddy.analysis.agents`), the feedback (:mod:`buddy.analysis.feedback`), the metrics
 (:mod:`buddy.analysis.wave_metrics`), anomalies (:mod:`buddy.analysis.anomalies`) and health
 (:mod:`buddy.analysis.health`), and stores a :class:`WaveReport`. It is idempotent: a
@@ -17,7 +18,9 @@ first).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
@@ -28,9 +31,42 @@ from buddy.analysis.health import HealthReport, health
 from buddy.analysis.metrics import WaveMetrics
 from buddy.analysis.monitor import MonitorConfig
 from buddy.analysis.wave_metrics import compute_wave_metrics
-from buddy.models import AgentSpec, Outcome, WaveSummary
+from buddy.models import AgentSpec, Outcome, Risk, WaveSummary
 from buddy.state.keys import PREFIX
 from buddy.state.store import Store
+
+if TYPE_CHECKING:
+    from buddy.plan.model import PlannedTask
+    from buddy.tools.registry import ToolRegistry
+
+
+class TaskFacts(BaseModel):
+    """What a task's tool contract says about its call, recorded by the coordinator (which
+    has the campaign's registry) so the chord body on any worker judges the same way.
+
+    ``risk``: the contract's risk for the task's arguments (``risk_for``); ``effects``: the
+    call changes something: the tool is reversible (it records an undo), the call is not
+    idempotent, or the task claims a resource for writing. A live run of a LOW-risk call
+    without effects (``noop``, ``sleep``, ``flaky``, ``file.sha256``) is :attr:`harmless`;
+    ``predicted``: the plan gave the task's ``predicted_success`` (the default 0.5 of a line
+    without one is no prediction). ``unsafe_escalation`` judges only the predictions of tasks
+    that are not harmless and were predicted (:attr:`judged`).
+    """
+
+    tool: str
+    risk: Risk
+    effects: bool
+    predicted: bool = True
+
+    @property
+    def judged(self) -> bool:
+        """Whether ``unsafe_escalation`` judges this task's prediction."""
+        return self.predicted and not self.harmless
+
+    @property
+    def harmless(self) -> bool:
+        """LOW risk and no effect."""
+        return self.risk is Risk.LOW and not self.effects
 
 
 class WaveInputs(BaseModel):
@@ -39,7 +75,10 @@ class WaveInputs(BaseModel):
     ``planned``: task id → (agent, wave) as dispatched; ``predicted``: task id →
     ``predicted_success`` (0–1); ``agents``: the agents in service with their concurrency;
     ``approved``: tasks an operator (or ``--auto-approve``) approved;
-    ``conflicts``: this wave's plan conflicts as JSON records.
+    ``conflicts``: this wave's plan conflicts as JSON records; ``facts``: task id → its
+    :class:`TaskFacts` (a task without them, as in inputs stored by an older version, is
+    judged as if its tool could do harm); ``sent_at``: when the coordinator stored the
+    inputs, just before it sent the wave (UTC; the start of the throughput window).
     """
 
     planned: dict[str, tuple[str, int]]
@@ -50,6 +89,34 @@ class WaveInputs(BaseModel):
     approvals_granted: int = 0
     conflicts: list[dict[str, Any]] = Field(default_factory=list)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    facts: dict[str, TaskFacts] = Field(default_factory=dict)
+    sent_at: datetime | None = None
+
+
+def task_facts(tasks: Iterable[PlannedTask], registry: ToolRegistry) -> dict[str, TaskFacts]:
+    """Task id → the :class:`TaskFacts` of each task whose tool ``registry`` has.
+
+    The arguments were validated when the plan was built; when they no longer parse (the
+    tool changed since), the contract's own ``risk`` and ``idempotent`` apply.
+    """
+    out: dict[str, TaskFacts] = {}
+    for pt in tasks:
+        if pt.task.tool not in registry:
+            continue
+        contract = registry.get(pt.task.tool)
+        try:
+            args = contract.parse_args(pt.task.args)
+            risk, idempotent = contract.risk_for(args), contract.is_idempotent(args)
+        except ValueError:  # pydantic's ValidationError too
+            risk, idempotent = contract.risk, contract.idempotent
+        writes = any(c.mode == "write" for c in pt.claims)
+        out[pt.task.task_id] = TaskFacts(
+            tool=pt.task.tool,
+            risk=risk,
+            effects=contract.reversible or not idempotent or writes,
+            predicted="predicted_success" in pt.task.model_fields_set,
+        )
+    return out
 
 
 class WaveReport(BaseModel):
@@ -137,10 +204,12 @@ def analyze(store: Store, cid: str, n: int) -> WaveReport:
         conflicts=len({t for c in inputs.conflicts for t in c.get("tasks", [])}),
         previous=history,
         campaign_id=cid,
+        harmless={tid for tid, f in inputs.facts.items() if not f.judged},
+        sent_at=inputs.sent_at,
     )
     anomalies = detect_anomalies(metrics, history, inputs.monitor)
     report = WaveReport(
-        summary=summarize_wave(cid, n, outcomes),
+        summary=summarize_wave(cid, n, outcomes, inputs.sent_at),
         feedback=fb,
         metrics=metrics,
         anomalies=anomalies,

@@ -1,24 +1,30 @@
 """Computing one wave's metrics (:class:`~buddy.analysis.metrics.WaveMetrics`) from its outcomes.
 
-Pure: no Redis, no files. Per-agent counts, mean duration, throughput and the wave window
+Pure: no Redis, no files. Per-agent counts, mean duration and the wave's execution window
 come from :mod:`buddy.analysis.agents`, so ``metrics.jsonl`` agrees with the wave summaries
-of ``execution_summary.json`` (docs/architecture.md, "Data flow").
+of ``execution_summary.json``; throughput is over the throughput window of
+:func:`~buddy.analysis.metrics.throughput_window` (docs/architecture.md, "Data flow").
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
 
 from buddy.analysis.agents import AgentTally, ratio, status_counts, tally_agents, throughput_tps, wave_window
 from buddy.analysis.calibration import calibration_of
 from buddy.analysis.metrics import (
+    MIN_WINDOW_S,
     AgentWaveMetrics,
     ToolWaveMetrics,
     WaveMetrics,
     balance,
     clip01,
+    fleet_failure,
+    judged,
     percentile,
+    throughput_window,
 )
 from buddy.analysis.outcomes import (
     CONFLICT_ERRORS,
@@ -27,7 +33,12 @@ from buddy.analysis.outcomes import (
     error_types,
     failed_attempts,
 )
+from buddy.analysis.signals import MAX_LISTED
 from buddy.models import AgentSpec, Mode, Outcome, TaskStatus
+
+#: Error types counted as coordination issues: agents in each other's way or a worker lost.
+#: ``upstream_failed`` is left out: the failure it follows is counted where it happened.
+ISSUE_ERRORS = frozenset(COORDINATION_ERRORS) - {"upstream_failed"}
 
 
 def compute_wave_metrics(
@@ -42,6 +53,9 @@ def compute_wave_metrics(
     conflicts: int = 0,
     previous: Sequence[WaveMetrics] = (),
     campaign_id: str | None = None,
+    harmless: Collection[str] = (),
+    sent_at: datetime | None = None,
+    min_window_s: float = MIN_WINDOW_S,
 ) -> WaveMetrics:
     """The :class:`WaveMetrics` of one wave (definitions in :class:`~buddy.analysis.metrics.Metrics`).
 
@@ -52,16 +66,21 @@ def compute_wave_metrics(
     and left out does not count as idle). ``approvals_*``: this wave's approval requests and
     grants; ``conflicts``: tasks the planner found in a resource conflict. ``previous``: the
     earlier waves' metrics (oldest first; the last one's ``running_calibration`` already
-    holds every wave before it).
+    holds every wave before it). ``harmless``: tasks of LOW-risk tools without effects, left
+    out of ``live_judged`` (:class:`~buddy.analysis.wave.TaskFacts`; a task not named is
+    judged). ``sent_at``: when the coordinator sent the wave (start of the throughput
+    window; None: the first executed start); ``min_window_s``: the shortest window, seconds.
     """
     cid = campaign_id if campaign_id is not None else (outcomes[0].campaign_id if outcomes else "")
     counts = status_counts(outcomes)
     tallies = tally_agents(outcomes, (a.id for a in agents))
     ran = [o for t in tallies.values() for o in t.ran]
-    _, _, wall = wave_window(outcomes)
+    start, end, wall = wave_window(outcomes)
+    window = throughput_window(len(ran), start, end, sent_at, min_window_s)
     conc = {a.id: a.concurrency for a in agents}
+    capable = _capable(agents, ran)
     agent_rows = {
-        aid: _agent_metrics(t, wave, conc.get(aid, 1), aid in conc, wall, predicted)
+        aid: _agent_metrics(t, wave, conc.get(aid, 1), aid in conc, aid in capable, wall, window, predicted)
         for aid, t in tallies.items()
     }
     busy = sum(t.busy_ms for t in tallies.values()) / 1000.0
@@ -81,14 +100,24 @@ def compute_wave_metrics(
         for o in live
     )
     live_preds = [predicted[o.task_id] for o in live if o.task_id in predicted]
+    unjudged = set(harmless)
+    drift = sorted(
+        (-abs(predicted[o.task_id] - (o.status is TaskStatus.SUCCEEDED)), o.task_id)
+        for o in live
+        if o.task_id in predicted and o.task_id not in unjudged
+    )  # (−|predicted − actual|, task id): worst first, then by task id
+    drift_sum = -sum(d for d, _ in drift)
+    fleet = [o for o in outcomes if judged(o)]
+    fleet_failed = sum(fleet_failure(o) for o in fleet)
     patterns: Counter[str] = Counter(
         f"{o.tool or '-'}:{o.error_type}"
         for o in ran
         if o.status is not TaskStatus.SUCCEEDED and o.error_type is not None
     )
-    coordination = sum(bool(error_types(o) & set(COORDINATION_ERRORS)) for o in outcomes)
-    in_service = [agent_rows[a.id] for a in agents]
-    ideal, assigned = _makespans(in_service, len(ran), busy)
+    coordination = sum(bool(error_types(o) & ISSUE_ERRORS) for o in outcomes)
+    upstream = sum("upstream_failed" in error_types(o) for o in outcomes)
+    load_rows = [agent_rows[a.id] for a in agents if a.id in capable]
+    ideal, assigned = _makespans(load_rows, ran, busy)
     # the latest earlier wave carries the running total of all before it
     running = previous[-1].running_calibration.merge(cal) if previous else cal
     return WaveMetrics(
@@ -99,13 +128,18 @@ def compute_wave_metrics(
         succeeded=counts.succeeded,
         by_status=dict(sorted(counts.by_status.items())),
         success_rate=ratio(counts.succeeded, counts.total),
+        fleet_judged=len(fleet),
+        fleet_failures=fleet_failed,
+        fleet_success=1.0 - fleet_failed / len(fleet) if fleet else 1.0,
         wall_s=wall,
-        throughput_tps=throughput_tps(len(ran), wall),
+        window_s=window,
+        throughput_tps=throughput_tps(len(ran), window),
         busy_s=busy,
         slots=slots,
         slot_s=wall * slots,
         agent_utilization=clip01(busy / (wall * slots)) if wall > 0 and slots else 0.0,
-        load_balance=balance([r.utilization for r in in_service]),
+        load_agents=len(load_rows),
+        load_balance=balance([r.utilization for r in load_rows]),
         calibration=cal,
         brier=cal.brier,
         ece=cal.ece,
@@ -133,8 +167,13 @@ def compute_wave_metrics(
         assigned_makespan_s=assigned,
         optimization_efficiency=clip01(ideal / assigned) if assigned > 0 else 1.0,
         coordination_issues=coordination,
+        upstream_failed=upstream,
         live_failed_unrolled=live_unrolled,
         live_min_predicted=min(live_preds) if live_preds else None,
+        live_judged=len(drift),
+        live_drift_sum=drift_sum,
+        live_drift=drift_sum / len(drift) if drift else 0.0,
+        live_drift_tasks=[tid for _, tid in drift[:MAX_LISTED]],
         failure_patterns=dict(sorted(patterns.items())),
         agents=agent_rows,
         tools=_tools(ran),
@@ -142,15 +181,27 @@ def compute_wave_metrics(
     )
 
 
+def _capable(agents: Sequence[AgentSpec], ran: Sequence[Outcome]) -> set[str]:
+    """The agents in service that offer a tool the wave ran (every tool: ``tools`` None), or
+    that ran something."""
+    tools = {o.tool for o in ran if o.tool}
+    ids = {a.id for a in agents}
+    out = {o.agent_id for o in ran if o.agent_id in ids}
+    out.update(a.id for a in agents if a.tools is None or not tools or tools & set(a.tools))
+    return {a for a in out if a is not None}
+
+
 def _agent_metrics(
     t: AgentTally,
     wave: int,
     concurrency: int,
     in_service: bool,
+    capable: bool,
     wall: float,
+    window: float,
     predicted: Mapping[str, float],
 ) -> AgentWaveMetrics:
-    """One agent's row; ``wall`` is the wave's wall time (seconds)."""
+    """One agent's row; ``wall`` is the wave's wall time, ``window`` its throughput window (seconds)."""
     ran = t.ran
     busy = t.busy_ms / 1000.0
     attempts = sum(attempts_of(o) for o in ran)
@@ -163,6 +214,7 @@ def _agent_metrics(
         wave=wave,
         concurrency=concurrency,
         in_service=in_service,
+        capable=capable and in_service,
         tasks=t.tasks,
         executed=t.executed,
         succeeded=t.succeeded,
@@ -174,7 +226,7 @@ def _agent_metrics(
         mean_duration_ms=t.mean_duration_ms,
         slot_s=wall * concurrency,
         utilization=clip01(busy / (wall * concurrency)) if wall > 0 else 0.0,
-        throughput_tps=t.throughput_tps(wall),
+        throughput_tps=t.throughput_tps(window),
         retries=attempts - len(ran),
         retried=len(retried),
         retried_succeeded=sum(o.status is TaskStatus.SUCCEEDED for o in retried),
@@ -198,15 +250,20 @@ def _tools(ran: Sequence[Outcome]) -> dict[str, ToolWaveMetrics]:
     return dict(sorted(tools.items()))
 
 
-def _makespans(rows: Sequence[AgentWaveMetrics], executed_n: int, busy_s: float) -> tuple[float, float]:
-    """(ideal, assigned) makespan in seconds over the agents in service (:class:`Metrics`)."""
-    if not rows or executed_n == 0 or busy_s <= 0:
+def _makespans(
+    rows: Sequence[AgentWaveMetrics], ran: Sequence[Outcome], busy_s: float
+) -> tuple[float, float]:
+    """(ideal, assigned) makespan in seconds over the capable agents (:class:`Metrics`)."""
+    if not rows or not ran or busy_s <= 0:
         return 0.0, 0.0
-    wave_mean = busy_s / executed_n
+    wave_mean = busy_s / len(ran)
     capacity = 0.0
     for r in rows:
         mean_s = r.busy_s / r.executed if r.executed else wave_mean
         capacity += r.concurrency / mean_s if mean_s > 0 else 0.0
-    ideal = executed_n / capacity if capacity > 0 else 0.0
-    assigned = max(r.busy_s / r.concurrency for r in rows)
-    return ideal, assigned
+    longest: dict[str | None, float] = {}
+    for o in ran:
+        longest[o.agent_id] = max(longest.get(o.agent_id, 0.0), o.duration_ms / 1000.0)
+    ideal = max(len(ran) / capacity if capacity > 0 else 0.0, max(longest.values()))
+    assigned = max(max(r.busy_s / r.concurrency, longest.get(r.agent_id, 0.0)) for r in rows)
+    return ideal, max(assigned, ideal)

@@ -57,7 +57,7 @@ class TaskMoves:
             status=status,
             mode=mode or self.mode,
             attempts=0,
-            start_time=now,
+            start_time=None,  # it never ran
             end_time=now,
             error_type=error_type,
             error_msg=reason,

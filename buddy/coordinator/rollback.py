@@ -7,17 +7,22 @@ holds across agents. A compensation uses the undo record the tool stored in Redi
 effect. Tasks that ran live but whose tool is not reversible cannot be compensated: they are
 recorded as ``not_reversible`` events and listed in the report. Tasks that ran ``mock`` or
 ``dry_run`` changed nothing and are left out.
+
+After the compensations every output shows the final outcomes (docs/architecture.md,
+"Outputs"): :meth:`buddy.outputs.campaign.CampaignFiles.rollbacks` rewrites the waves' files
+of the tasks that changed, and :func:`summaries_after` recomputes those waves' summaries.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from celery import Celery, chain
 
+from buddy.analysis.agents import summarize_wave
 from buddy.infra.transport import ROLLBACK_TASK
-from buddy.models import Mode, Outcome, RollbackEvent, TaskStatus, agent_queue, utcnow
+from buddy.models import Mode, Outcome, RollbackEvent, TaskStatus, WaveSummary, agent_queue, utcnow
 from buddy.state.store import Store
 from buddy.tools.registry import ToolRegistry
 
@@ -106,3 +111,28 @@ def compensate(
                 )
             )
     return got + events
+
+
+def summaries_after(
+    summaries: list[WaveSummary], outcomes: Mapping[str, Outcome], waves: Iterable[int]
+) -> list[WaveSummary]:
+    """``summaries`` (one per closed wave, in order) with those of ``waves`` computed again from
+    ``outcomes`` (task id → final outcome, after the compensations) by
+    :func:`buddy.analysis.agents.summarize_wave`, so a wave's counts in
+    ``execution_summary.json`` and ``report.md`` add up to the campaign's."""
+    again = set(waves)
+    if not again:
+        return list(summaries)
+    by_wave: dict[int, list[Outcome]] = {n: [] for n in again}
+    for o in outcomes.values():
+        if o.wave in by_wave:
+            by_wave[o.wave].append(o)
+    # counts change with a compensation; the wave's throughput (what ran, when) does not
+    return [
+        summarize_wave(s.campaign_id, s.wave, by_wave[s.wave]).model_copy(
+            update={"throughput_tps": s.throughput_tps}
+        )
+        if s.wave in again
+        else s
+        for s in summaries
+    ]

@@ -8,6 +8,12 @@ attempts left → retried (the caller's Celery ``retry``, with the policy's back
 found lost after the commit (``stale_commit``) → ``needs_review``, anything else → ``failed``.
 A reversible tool that fails after recording undo data is rolled back while its leases are
 still held; a rollback refused by a lost lease ends ``needs_review`` with both tokens.
+
+Times (docs/architecture.md, "Outputs"): an outcome's ``start_time`` is when its last attempt
+started and ``duration_ms`` that attempt's wall time, whether it succeeded or failed; each
+failed attempt's :class:`~buddy.models.AttemptError` carries its own start and duration, so
+``tool_execution_log.jsonl`` shows every attempt's real times. An outcome decided without
+running the tool has ``start_time`` None and ``attempts`` 0 (:meth:`AttemptRunner.outcome`).
 """
 
 from __future__ import annotations
@@ -196,9 +202,7 @@ class AttemptRunner:
     ) -> tuple[Outcome | None, float]:
         contract = run.contract
         assert contract is not None
-        run.errors.append(
-            AttemptError(attempt=run.attempt, error_type=e.error_type, error_msg=str(e), at=utcnow())
-        )
+        run.errors.append(attempt_error(run, e.error_type, str(e), start, t0))
         if isinstance(e, (LeaseLostError, StaleCommitError)):
             run.current_token = e.current_token
         status = TaskStatus.FAILED
@@ -219,18 +223,10 @@ class AttemptRunner:
             except (LeaseLostError, StaleCommitError) as rb:
                 run.current_token = rb.current_token
                 status = TaskStatus.NEEDS_REVIEW
-                run.errors.append(
-                    AttemptError(
-                        attempt=run.attempt, error_type="RollbackFenced", error_msg=str(rb), at=utcnow()
-                    )
-                )
+                run.errors.append(attempt_error(run, "RollbackFenced", str(rb), start, t0))
             except Exception as rb:  # the rollback's failure is reported, not raised
                 log.exception("rollback of task %s failed", run.spec.task_id)
-                run.errors.append(
-                    AttemptError(
-                        attempt=run.attempt, error_type="RollbackFailed", error_msg=str(rb), at=utcnow()
-                    )
-                )
+                run.errors.append(attempt_error(run, "RollbackFailed", str(rb), start, t0))
         if isinstance(e, StaleCommitError):
             status = TaskStatus.NEEDS_REVIEW
         elif status is TaskStatus.NEEDS_REVIEW:
@@ -263,9 +259,29 @@ class AttemptRunner:
         result: dict[str, Any] | None = None,
         error: tuple[str, str] | None = None,
     ) -> Outcome:
+        """The outcome of ``run`` with ``status`` (its transition recorded).
+
+        ``start`` (UTC) and ``t0`` (:func:`time.perf_counter` seconds) are when the attempt that
+        ends here started: the outcome's ``start_time``, ``attempts`` (this attempt's number)
+        and ``duration_ms`` (its wall time, milliseconds) come from them. Without them the task
+        is decided here without running its tool (unknown tool, invalid arguments, no approval,
+        an attempt that died and may not run again): ``start_time`` and ``duration_ms`` are
+        those of the last attempt that ran, from ``run.errors`` (None and 0 when no attempt
+        ran, or its start is not known), and ``attempts`` the number of that attempt (0: none
+        ran, and ``tool_execution_log.jsonl`` has no line for it).
+        """
         spec = run.spec
         end = utcnow()
         self.move(run, status, f"{error[0]}: {error[1][:200]}" if error else spec.mode_reason)
+        start_time: datetime | None = start
+        if start is not None:
+            attempts = run.attempt
+            duration_ms = (time.perf_counter() - t0) * 1000.0 if t0 is not None else 0.0
+        else:
+            last = run.errors[-1] if run.errors else None
+            attempts = max((e.attempt for e in run.errors), default=0)
+            start_time = last.start_time if last is not None else None
+            duration_ms = (last.duration_ms or 0.0) if last is not None else 0.0
         return Outcome(
             task_id=spec.task_id,
             campaign_id=run.cid,
@@ -274,10 +290,10 @@ class AttemptRunner:
             status=status,
             mode=spec.mode,
             mode_reason=spec.mode_reason,
-            attempts=run.attempt if start is not None else len(run.errors),
-            start_time=start or end,
+            attempts=attempts,
+            start_time=start_time,
             end_time=end,
-            duration_ms=(time.perf_counter() - t0) * 1000.0 if t0 is not None else 0.0,
+            duration_ms=duration_ms,
             result=result,
             error_type=error[0] if error else None,
             error_msg=error[1] if error else None,
@@ -287,3 +303,17 @@ class AttemptRunner:
             fencing_token=run.fencing_token,
             current_fencing_token=run.current_token,
         )
+
+
+def attempt_error(run: Run, error_type: str, error_msg: str, start: datetime, t0: float) -> AttemptError:
+    """The error of ``run``'s current attempt, which started at ``start`` (UTC;
+    :func:`time.perf_counter` ``t0``): its start time and its wall time until now
+    (``duration_ms``, milliseconds) go with it into ``tool_execution_log.jsonl``."""
+    return AttemptError(
+        attempt=run.attempt,
+        error_type=error_type,
+        error_msg=error_msg,
+        at=utcnow(),
+        start_time=start,
+        duration_ms=(time.perf_counter() - t0) * 1000.0,
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from buddy.execution.attempt import Run
 from buddy.models import AttemptError, Outcome, TaskStatus, utcnow
@@ -71,6 +72,9 @@ class ClaimKeeper:
                     error_type="WorkerLost",
                     error_msg=f"attempt {claim.attempt} on {claim.worker} ended without an outcome",
                     at=utcnow(),
+                    # what the claim knows: when it started, and its last sign of life
+                    start_time=datetime.fromtimestamp(claim.started_at, UTC),
+                    duration_ms=max(0.0, (claim.heartbeat - claim.started_at) * 1000.0),
                 )
             )
 

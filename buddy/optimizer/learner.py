@@ -20,6 +20,7 @@ on ``--min-health``, and, unless ``--no-optimize``, prepares wave ``n + 1``:
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 from celery import Celery
 from rich.console import Console
@@ -28,9 +29,9 @@ from buddy.analysis.campaign_metrics import campaign_metrics
 from buddy.analysis.health import HealthReport, below_min_health, health
 from buddy.analysis.metrics import CampaignMetrics, WaveMetrics
 from buddy.analysis.monitor import MonitorConfig
-from buddy.analysis.wave import WaveInputs, WaveReport, analyze, store_inputs
+from buddy.analysis.wave import WaveInputs, WaveReport, analyze, store_inputs, task_facts
 from buddy.errors import CampaignAborted
-from buddy.models import Outcome, ScheduleAdjustment
+from buddy.models import Outcome, ScheduleAdjustment, utcnow
 from buddy.optimizer.meta import MetaOptimizer, OptimizerDecision
 from buddy.optimizer.scheduler import AdaptiveScheduler
 from buddy.optimizer.tuner import AgentTuner, ParameterChange, TunedParameters, plan_pool_changes
@@ -44,6 +45,7 @@ from buddy.outputs.campaign import CampaignFiles
 from buddy.outputs.writer import OutputWriter
 from buddy.plan.model import CampaignPlan, PlannedTask
 from buddy.state.store import Store
+from buddy.tools.registry import ToolRegistry, default_registry
 
 log = logging.getLogger("buddy.learning")
 
@@ -89,14 +91,25 @@ class Learner:
         return t.confidence_weight if (t is not None and self.optimize) else 1.0
 
     def store_inputs(
-        self, n: int, tasks: list[PlannedTask], *, approved: list[str], requested: int, granted: int
-    ) -> None:
-        """Save what the chord body needs to analyze wave ``n`` (before it is sent)."""
+        self,
+        n: int,
+        tasks: list[PlannedTask],
+        *,
+        approved: list[str],
+        requested: int,
+        granted: int,
+        registry: ToolRegistry | None = None,
+    ) -> datetime:
+        """Save what the chord body needs to analyze wave ``n``, just before it is sent; returns
+        the time stored, the start of the wave's throughput window (UTC). ``registry``: the campaign's tools,
+        whose contracts give each task's risk and effects (``unsafe_escalation`` leaves out
+        LOW-risk calls without effects); None: the process registry (:func:`default_registry`)."""
         conflicts = [
             c.model_dump(mode="json")
             for c in (self.plan.conflicts.conflicts if self.plan.conflicts else [])
             if c.wave == n
         ]
+        sent_at = utcnow()
         store_inputs(
             self.store,
             self.cid,
@@ -110,8 +123,11 @@ class Learner:
                 approvals_granted=granted,
                 conflicts=conflicts,
                 monitor=self.monitor,
+                facts=task_facts(tasks, registry if registry is not None else default_registry()),
+                sent_at=sent_at,
             ),
         )
+        return sent_at
 
     # -- after a wave ------------------------------------------------------------------------
 
@@ -130,7 +146,7 @@ class Learner:
         )
         h = report.health
         self.console.print(
-            f"wave {n}: health [bold]{h.score:.0f}[/] {h.status}, success {report.metrics.success_rate:.2f}, "
+            f"wave {n}: health [bold]{h.score:.0f}[/] {h.status}, {_counts(report.metrics.by_status)}, "
             f"{len(report.anomalies)} anomal{'y' if len(report.anomalies) == 1 else 'ies'}",
             highlight=False,
         )
@@ -150,7 +166,7 @@ class Learner:
         if not self.optimize or not self.reports or n not in self.plan.waves:
             return
         history = [r.metrics for r in self.reports]
-        decision = MetaOptimizer().decide(history, wave=n)
+        decision = MetaOptimizer(monitor=self.monitor).decide(history, wave=n)
         self.decisions.append(decision)
         self.console.print(f"optimizer, wave {n}: {decision.goal.value}: {decision.reason}", highlight=False)
         log.debug("optimizer chose %s for wave %d: %s", decision.goal.value, n, decision.reason)
@@ -202,3 +218,11 @@ class Learner:
         report = health(cm, anomalies, self.monitor)
         write_system_health(self.out, cm, anomalies, report, [r.health for r in self.reports])
         return cm, report
+
+
+def _counts(by_status: dict[str, int]) -> str:
+    """``3 of 4 succeeded (1 cancelled)``: the wave's outcomes, as the summary counts them."""
+    total = sum(by_status.values())
+    ok = by_status.get("succeeded", 0)
+    rest = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()) if s != "succeeded" and n)
+    return f"{ok} of {total} succeeded" + (f" ({rest})" if rest else "")

@@ -7,11 +7,13 @@ steers :class:`~buddy.optimizer.scheduler.AdaptiveScheduler` (docs/architecture.
 
 Meta-optimizer rules (first match wins, on the latest wave ``m``; :class:`OptimizerConfig`)
     1. no wave yet → ``balance_load`` (nothing observed: spread by concurrency);
-    2. ``m.success_rate < success_target`` (0.90) → ``maximize_success``;
+    2. ``m.fleet_success < success_target`` (0.90; skipped, denied and cancelled tasks are not
+       the fleet's failures, as in the health score) → ``maximize_success``;
     3. ``m.retry_rate > max_retry_rate`` (0.20) → ``minimize_retries``;
     4. at least ``min_calibration_tasks`` (10) predictions and ``m.confidence < target_confidence``
        − ``confidence_slack`` (0.95 − 0.10) → ``maximize_confidence``;
-    5. ``m.load_balance < min_load_balance`` (0.70) or ``m.optimization_efficiency <
+    5. the wave is a sample worth judging for load (:func:`~buddy.analysis.anomalies.load_judged`)
+       and ``m.load_balance < min_load_balance`` (0.70) or ``m.optimization_efficiency <
        min_efficiency`` (0.70) → ``balance_load``;
     6. otherwise → ``maximize_throughput``.
 
@@ -30,7 +32,9 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from buddy.analysis.anomalies import load_judged
 from buddy.analysis.metrics import WaveMetrics
+from buddy.analysis.monitor import MonitorConfig
 from buddy.models import Strategy, utcnow
 
 
@@ -93,8 +97,9 @@ class OptimizerDecision(BaseModel):
 class MetaOptimizer:
     """Picks the next wave's :class:`OptimizationGoal` from the metrics so far."""
 
-    def __init__(self, config: OptimizerConfig | None = None) -> None:
+    def __init__(self, config: OptimizerConfig | None = None, monitor: MonitorConfig | None = None) -> None:
         self.config = config or OptimizerConfig()
+        self.monitor = monitor or MonitorConfig()  # when a wave's load is worth judging
 
     def choose(self, history: Sequence[WaveMetrics]) -> tuple[OptimizationGoal, str]:
         """The goal for the next wave and the reason, by the rules of the module docstring."""
@@ -103,10 +108,10 @@ class MetaOptimizer:
             return OptimizationGoal.BALANCE_LOAD, "no wave observed yet: spread tasks by concurrency"
         m = history[-1]
         w = f"wave {m.wave}"
-        if m.success_rate < c.success_target:
+        if m.fleet_judged and m.fleet_success < c.success_target:
             return (
                 OptimizationGoal.MAXIMIZE_SUCCESS,
-                f"{w}: success rate {m.success_rate:.2f} < target {c.success_target:.2f}; "
+                f"{w}: success rate {m.fleet_success:.2f} < target {c.success_target:.2f}; "
                 "route work to the agents that succeed",
             )
         if m.retry_rate > c.max_retry_rate:
@@ -122,7 +127,8 @@ class MetaOptimizer:
                 f"{w}: confidence (1 − ECE) {m.confidence:.2f} < {floor:.2f}; "
                 "send the least certain tasks to the most reliable agents",
             )
-        if m.load_balance < c.min_load_balance or m.optimization_efficiency < c.min_efficiency:
+        judged = load_judged(m, self.monitor)
+        if judged and (m.load_balance < c.min_load_balance or m.optimization_efficiency < c.min_efficiency):
             return (
                 OptimizationGoal.BALANCE_LOAD,
                 f"{w}: load balance {m.load_balance:.2f} (min {c.min_load_balance:.2f}), "
@@ -131,8 +137,9 @@ class MetaOptimizer:
             )
         return (
             OptimizationGoal.MAXIMIZE_THROUGHPUT,
-            f"{w}: success {m.success_rate:.2f}, retries {m.retry_rate:.2f}, balance "
-            f"{m.load_balance:.2f} on target; push throughput",
+            f"{w}: success {m.fleet_success:.2f}, retries {m.retry_rate:.2f}, balance "
+            + (f"{m.load_balance:.2f} on target" if judged else "not judged (too few or too short tasks)")
+            + "; push throughput",
         )
 
     def decide(self, history: Sequence[WaveMetrics], wave: int | None = None) -> OptimizerDecision:

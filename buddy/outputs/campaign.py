@@ -1,12 +1,17 @@
 """The coordinator's files of ``outputs/<campaign>/`` (docs/architecture.md, "Outputs"):
 per wave and agent the assignments, adjusted schedule and executed tasks; the tool log and
 state transitions as they grow; at the end the summary and the reports.
+
+One truth: a wave's ``executed_tasks.jsonl`` and the tool log's lines are written from the
+outcomes Redis holds when the wave closes, and rewritten from the final ones when a later
+compensation changes a task (:meth:`CampaignFiles.rollbacks`), so no file keeps showing
+``succeeded`` for a task that ended ``rolled_back``.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -93,7 +98,8 @@ class CampaignFiles:
 
     def wave(self, n: int, outcomes: list[Outcome], raw: dict[str, bytes], new: list[Outcome]) -> None:
         """``executed_tasks.jsonl`` per agent (each outcome's JSON as Redis holds it, ``raw``) and
-        the tool log's lines for ``new`` outcomes (not those a resumed campaign had before)."""
+        the tool log's lines for ``new`` outcomes (not those a resumed campaign had before).
+        A compensation after the wave rewrites its tasks' lines (:meth:`rollbacks`)."""
         by_agent: dict[str, list[bytes]] = defaultdict(list)
         for o in outcomes:
             by_agent[o.agent_id or "-"].append(raw[o.task_id])
@@ -114,8 +120,38 @@ class CampaignFiles:
                 self.out.root / OutputWriter.TRANSITIONS, (x for _, x in rows), append=True
             )
 
-    def rollbacks(self, events: list[RollbackEvent]) -> None:
+    def rollbacks(
+        self, events: list[RollbackEvent], outcomes: Mapping[str, Outcome] | None = None
+    ) -> list[int]:
+        """Append ``events`` to ``rollback_events.jsonl``; with ``outcomes`` (task id → final
+        outcome as Redis holds it after the compensations; only the events' tasks are read),
+        rewrite what the files written at each wave's close said about those tasks: their
+        line in ``wave_<n>/agent_<id>/executed_tasks.jsonl`` and their lines in
+        ``tool_execution_log.jsonl`` (:func:`~buddy.outputs.writer.tool_log_entries`), so a
+        compensated task reads ``rolled_back`` there too (``needs_review`` when its
+        compensation was fenced off).
+
+        Returns the waves whose ``executed_tasks.jsonl`` changed, ascending: their summaries
+        (``execution_summary.json``, ``report.md``) must be computed again from the final
+        outcomes (:func:`buddy.coordinator.rollback.summaries_after`).
+        """
         self.out.append_jsonl(OutputWriter.ROLLBACKS, events)
+        if outcomes is None:
+            return []
+        changed = [outcomes[t] for t in dict.fromkeys(e.task_id for e in events) if t in outcomes]
+        by_file: dict[tuple[int, str], dict[str, list[bytes]]] = defaultdict(dict)
+        for o in changed:
+            by_file[(o.wave, o.agent_id or "-")][o.task_id] = [o.model_dump_json().encode()]
+        waves = {
+            n
+            for (n, agent), rows in by_file.items()
+            if self.out.replace_rows(self.root / f"wave_{n}" / f"agent_{agent}" / OutputWriter.EXECUTED, rows)
+        }
+        self.out.replace_rows(
+            self.root / OutputWriter.TOOL_LOG,
+            {o.task_id: [e.model_dump_json().encode() for e in tool_log_entries(o)] for o in changed},
+        )
+        return sorted(waves)
 
     def finish(
         self, summary: ExecutionSummary, conflicts: ConflictsReport | None, report_md: str, html: str

@@ -223,6 +223,20 @@ def _overview(summary: Mapping[str, Any]) -> str:
     return f"<table>{cells}</table>"
 
 
+def _final_success(summary_json: Mapping[str, Any]) -> dict[int, float]:
+    """Wave → its success rate (0–1) in ``execution_summary.json``: computed from the final
+    outcomes, so a task compensated after its wave counts as ``rolled_back`` there, as it does
+    in the overview's counts and report.md (a wave's metrics keep the rate it closed with)."""
+    waves = summary_json.get("waves")
+    if not isinstance(waves, Sequence):
+        return {}
+    return {
+        int(w["wave"]): float(w["success_rate"])
+        for w in waves
+        if isinstance(w, Mapping) and "wave" in w and "success_rate" in w
+    }
+
+
 def render_html(
     summary_json: Mapping[str, Any],
     wave_metrics: Sequence[WaveMetrics],
@@ -232,14 +246,17 @@ def render_html(
 ) -> str:
     """The self-contained HTML report.
 
-    ``summary_json``: ``execution_summary.json`` as a dict (overview; an optional
-    ``optimizer`` key with a list of ``{"wave", "goal", "reason"}`` dicts adds a section);
-    ``wave_metrics``: every wave's metrics; ``outcomes``: every outcome (latency chart);
+    ``summary_json``: ``execution_summary.json`` as a dict (overview; each wave's final
+    success rate, a 0–1 fraction, in the waves table; an optional ``optimizer`` key with a list
+    of ``{"wave", "goal", "reason"}`` dicts adds a section); ``wave_metrics``: every wave's
+    metrics (the rest of the waves table, computed when each wave closed); ``outcomes``:
+    every outcome (latency chart);
     ``health``: every wave's health report (the one with ``wave`` None, if any, is the
     campaign's); ``latency``: the latency chart if already drawn (used only when it shows
     these outcomes' durations).
     """
     cid = str(summary_json.get("campaign_id", "campaign"))
+    success = _final_success(summary_json)
     final = next((h for h in reversed(health) if h.wave is None), health[-1] if health else None)
     parts = [
         "<!DOCTYPE html>",
@@ -293,7 +310,7 @@ def render_html(
                 [
                     str(m.wave),
                     m.tasks,
-                    m.success_rate,
+                    success.get(m.wave, m.success_rate),
                     m.throughput_tps,
                     m.agent_utilization,
                     m.load_balance,

@@ -6,12 +6,13 @@ Files are written as each wave ends, so a campaign cut short still leaves what i
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+import orjson
 from pydantic import BaseModel
 
-from buddy.models import Outcome, TaskStatus, ToolExecutionLogEntry
+from buddy.models import AttemptError, Outcome, TaskStatus, ToolExecutionLogEntry
 
 
 class OutputWriter:
@@ -70,6 +71,31 @@ class OutputWriter:
                 f.write(b"\n")
         return path
 
+    def replace_rows(self, path: Path, rows: Mapping[str, Sequence[bytes]]) -> bool:
+        """Rewrite the JSONL file ``path`` with, for each task id of ``rows`` the file holds,
+        its new rows (serialized, no newline) in place of its old ones (at the first old row);
+        every other line stays as it is, in order. Rows of task ids the file does not hold are
+        not added. The file is replaced atomically, and only when a line changed; a missing
+        file is left missing. Returns whether the file changed."""
+        if not rows or not path.is_file():
+            return False
+        old = path.read_bytes().splitlines()
+        out: list[bytes] = []
+        placed: set[str] = set()
+        for line in old:
+            tid = orjson.loads(line).get("task_id") if line.strip() else None
+            if not isinstance(tid, str) or tid not in rows:
+                out.append(line)
+            elif tid not in placed:
+                placed.add(tid)
+                out.extend(rows[tid])
+        if out == old:
+            return False
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_bytes(b"".join(x + b"\n" for x in out))
+        tmp.replace(path)
+        return True
+
     def append_jsonl(self, name: str, rows: Iterable[BaseModel]) -> Path:
         return self.write_jsonl(self.root / name, rows, append=True)
 
@@ -80,8 +106,17 @@ class OutputWriter:
 
 
 def tool_log_entries(o: Outcome) -> list[ToolExecutionLogEntry]:
-    """One ``tool_execution_log.jsonl`` line per attempt of ``o``: its earlier failed attempts,
-    then the last one; none for a task whose tool never ran (skipped, invalid)."""
+    """One ``tool_execution_log.jsonl`` line per attempt of ``o``: its earlier failed attempts
+    (from ``o.errors``), then the last one (from the outcome itself); none for a task whose
+    tool never ran (``attempts`` 0: skipped, refused, denied before running).
+
+    An earlier attempt's line has status ``failed``, the start time and duration the attempt's
+    first error recorded (``start_time`` None and ``duration_ms`` 0 when not known: an attempt
+    that died), ``end_time`` when that error was recorded, and that error; later errors of the
+    same attempt (its rollback's) are added to ``error_msg``. The last line has the outcome's
+    status, times (``duration_ms`` in milliseconds) and error, so a task compensated after its
+    wave (``rolled_back``) says so there too.
+    """
     common = {
         "campaign_id": o.campaign_id,
         "task_id": o.task_id,
@@ -91,20 +126,26 @@ def tool_log_entries(o: Outcome) -> list[ToolExecutionLogEntry]:
         "mode": o.mode,
         "worker": o.worker,
     }
-    rows = [
-        ToolExecutionLogEntry(
-            **common,
-            attempt=e.attempt,
-            status=TaskStatus.FAILED,
-            start_time=None,
-            end_time=e.at,
-            duration_ms=0.0,
-            error_type=e.error_type,
-            error_msg=e.error_msg,
+    by_attempt: dict[int, list[AttemptError]] = {}
+    for e in o.errors:
+        if e.attempt < o.attempts:
+            by_attempt.setdefault(e.attempt, []).append(e)
+    rows = []
+    for n in sorted(by_attempt):
+        first, *more = by_attempt[n]
+        msg = first.error_msg + "".join(f" (then {x.error_type}: {x.error_msg})" for x in more)
+        rows.append(
+            ToolExecutionLogEntry(
+                **common,
+                attempt=n,
+                status=TaskStatus.FAILED,
+                start_time=first.start_time,
+                end_time=first.at,
+                duration_ms=first.duration_ms or 0.0,
+                error_type=first.error_type,
+                error_msg=msg,
+            )
         )
-        for e in o.errors
-        if e.attempt < o.attempts
-    ]
     if o.attempts:
         rows.append(
             ToolExecutionLogEntry(

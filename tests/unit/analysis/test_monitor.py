@@ -115,10 +115,10 @@ def test_outcomes_that_no_worker_ran() -> None:
     assert s.agents["-"].workers == []
 
 
-def test_zero_wall_time_gives_zero_throughput() -> None:
+def test_an_instant_wave_is_measured_over_at_least_a_second() -> None:
     s = summarize_wave("c1", 1, [outcome("t1", start_s=5.0, end_s=5.0, duration_ms=0.0)])
     assert s.wall_s == 0.0
-    assert s.throughput_tps == 0.0
+    assert s.throughput_tps == 1.0  # one task, not thousands per second
     assert s.success_rate == 1.0
 
 
@@ -264,11 +264,13 @@ def test_load_balance_and_optimization_efficiency() -> None:
     assert m.agents["a2"].utilization == pytest.approx(1.0)
     # mean 0.6875, population σ 0.3125, CV 0.454545…, balance 1 − CV
     assert m.load_balance == pytest.approx(1 - 0.3125 / 0.6875)
-    # capacity = 2 / 1.5 s + 1 / 2 s = 1.8333 tasks/s; ideal = 4 / 1.8333 = 2.1818 s
-    # assigned = max(3 s / 2, 4 s / 1) = 4 s; efficiency = 2.1818 / 4
-    assert m.ideal_makespan_s == pytest.approx(4 / (2 / 1.5 + 1 / 2.0))
+    # capacity = 2 / 1.5 s + 1 / 2 s = 1.8333 tasks/s: a split by capacity takes 4 / 1.8333 =
+    # 2.18 s, but no split beats the longest task (t3, 3 s): ideal = 3 s
+    # assigned = max(max(3 s / 2, 2 s), max(4 s / 1, 3 s)) = 4 s; efficiency = 3 / 4
+    assert m.ideal_makespan_s == pytest.approx(3.0)
     assert m.assigned_makespan_s == pytest.approx(4.0)
-    assert m.optimization_efficiency == pytest.approx(4 / (2 / 1.5 + 0.5) / 4)
+    assert m.optimization_efficiency == pytest.approx(3 / 4)
+    assert m.load_agents == 2
 
 
 def test_calibration_and_confidence() -> None:
@@ -302,11 +304,16 @@ def test_adherence_retries_latency_rollback_conflict_live_approvals() -> None:
     assert m.rolled_back == 1 and m.rollback_frequency == pytest.approx(1 / 4)
     # 1 planned conflict + t2's conflict attempt, over 5 tasks
     assert m.conflicts == 2 and m.conflict_rate == pytest.approx(2 / 5)
-    # t2 (conflict) and t5 (upstream_failed)
-    assert m.coordination_issues == 2
+    # t2 (conflict); t5 was skipped after an upstream failure, counted apart
+    assert m.coordination_issues == 1 and m.upstream_failed == 1
     assert m.live == 2 and m.live_execution_ratio == pytest.approx(2 / 4)
     assert m.live_min_predicted == pytest.approx(0.70)
     assert m.live_failed_unrolled == 0  # t3 failed live but was rolled back
+    # live and predicted: t1 (0.80, succeeded) and t3 (0.70, failed): |0.2| and |0.7|, worst first
+    assert (m.live_judged, m.live_drift_tasks) == (2, ["t3", "t1"])
+    assert m.live_drift == pytest.approx(0.45) and m.live_drift_sum == pytest.approx(0.9)
+    # fleet: t5 (skipped) is not judged; t3 failed
+    assert (m.fleet_judged, m.fleet_failures, m.fleet_success) == (4, 1, 0.75)
     assert m.approval_rate == pytest.approx(1 / 2)
     assert m.failure_patterns == {"x:Boom": 1}
 
@@ -520,19 +527,6 @@ def test_load_imbalance() -> None:
     assert "load_imbalance" in kinds(detect_anomalies(m, []))
 
 
-def test_unsafe_escalation() -> None:
-    outs = healthy_outcomes()
-    outs[0] = failed(outs[0], mode=Mode.LIVE)
-    a = [x for x in detect_anomalies(metrics_of(outs), []) if x.type == "unsafe_escalation"]
-    assert len(a) == 1 and a[0].severity == 7  # one live failure left in place
-    outs = healthy_outcomes()
-    outs[0] = outs[0].model_copy(update={"mode": Mode.LIVE})
-    pred = {o.task_id: 1.0 for o in outs} | {"t0": 0.2}
-    a = [x for x in detect_anomalies(metrics_of(outs, predicted=pred), []) if x.type == "unsafe_escalation"]
-    # predicted 0.2 < 0.5: 1 + round(9 × 0.3 / 0.5) = 6
-    assert len(a) == 1 and a[0].severity == 6
-
-
 def test_repeated_failures() -> None:
     outs = healthy_outcomes()
     outs[:3] = [failed(o, "ConnectError", tool="http") for o in outs[:3]]
@@ -581,38 +575,49 @@ def test_severity_rule() -> None:
 def test_health_of_the_hand_wave() -> None:
     m = hand_metrics()
     h = health(m, [])
-    # components: success .6, adherence .75, calibration .5375, retries .8, efficiency .545454,
-    # load balance .545454, rollback .75, conflict .6
-    eff = 4 / (2 / 1.5 + 0.5) / 4
+    # components: fleet success .75 (t5 skipped is not judged), adherence .75, calibration
+    # .5375, retries .8, efficiency .75, load balance .545454, rollback .75, conflict .6
     bal = 1 - 0.3125 / 0.6875
     assert h.components == pytest.approx(
         {
-            "success": 0.6,
+            "success": 0.75,
             "schedule_adherence": 0.75,
             "calibration": 0.5375,
             "retries": 0.8,
-            "optimization_efficiency": eff,
+            "optimization_efficiency": 0.75,
             "load_balance": bal,
             "rollback": 0.75,
             "conflict": 0.6,
         }
     )
-    # 100 × (0.3 × 0.6 + 0.1 × (0.75 + 0.5375 + 0.8 + eff + bal + 0.75 + 0.6))
-    expected = 100 * (0.3 * 0.6 + 0.1 * (0.75 + 0.5375 + 0.8 + eff + bal + 0.75 + 0.6))
-    assert h.score == pytest.approx(expected)  # 63.28
+    # 4 executed tasks on 2 agents: load and efficiency are judged (busiest agent 4 s ≥ 1 s)
+    assert h.not_judged == []
+    # quality = (0.5 + 0.1 × (0.75 + 0.8 + 0.75 + 0.6) + 0.05 × (0.75 + bal)) / 1.0 (calibration
+    # weighs 0); score = 100 × 0.75 × quality
+    quality = 0.5 + 0.1 * (0.75 + 0.8 + 0.75 + 0.6) + 0.05 * (0.75 + bal)
+    assert h.quality == pytest.approx(quality)
+    assert h.score == pytest.approx(100 * 0.75 * quality)  # 64.5
     assert h.status == "FAIR" and h.wave == 3 and h.penalty == 0
 
 
 def test_health_penalty_per_anomaly_severity_is_capped() -> None:
     m = hand_metrics()
     anomalies = detect_anomalies(m, [])
-    sev = sum(a.severity for a in anomalies)
+    # optimization_failure and load_imbalance (the scheduler's split) take no points by default
+    unscored = set(MonitorConfig().unscored_anomalies)
+    assert "optimization_failure" in kinds(anomalies)
+    sev = sum(a.severity for a in anomalies if a.type not in unscored)
+    assert sev > 0
     base = health(m, []).score
     assert health(m, anomalies).score == pytest.approx(base - min(30, sev))
     many = anomalies * 20
     assert health(m, many).penalty == 30.0
     cfg = MonitorConfig(penalty_per_severity=0.5, max_penalty=100)
     assert health(m, anomalies, cfg).score == pytest.approx(base - 0.5 * sev)
+    every = MonitorConfig(unscored_anomalies=[])
+    assert health(m, anomalies, every).score == pytest.approx(
+        base - min(30, sum(a.severity for a in anomalies))
+    )
 
 
 def test_changing_a_weight_changes_the_score_by_hand() -> None:
@@ -627,10 +632,10 @@ def test_changing_a_weight_changes_the_score_by_hand() -> None:
         rollback=0,
         conflict=0,
     )
-    assert health(m, [], MonitorConfig(weights=only_success)).score == pytest.approx(60.0)
-    # success 3, retries 1 (others 0): 100 × (3 × 0.6 + 0.8) / 4 = 65
+    assert health(m, [], MonitorConfig(weights=only_success)).score == pytest.approx(75.0)
+    # success 3, retries 1 (others 0): quality (3 + 0.8) / 4 = 0.95; 100 × 0.75 × 0.95
     w = only_success.model_copy(update={"success": 3.0, "retries": 1.0})
-    assert health(m, [], MonitorConfig(weights=w)).score == pytest.approx(65.0)
+    assert health(m, [], MonitorConfig(weights=w)).score == pytest.approx(71.25)
     with pytest.raises(ValueError, match="must not all be zero"):
         HealthWeights(**dict.fromkeys(HealthWeights.model_fields, 0.0))
 

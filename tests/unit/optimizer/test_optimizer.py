@@ -30,6 +30,10 @@ def wm(wave: int = 1, **kw: object) -> WaveMetrics:
         "executed": 20,
         "succeeded": 20,
         "success_rate": 1.0,
+        "fleet_judged": 20,
+        "fleet_success": 1.0,
+        "load_agents": 2,  # a sample worth judging for load (analysis.anomalies.load_judged)
+        "assigned_makespan_s": 2.0,
         "retry_rate": 0.0,
         "load_balance": 0.9,
         "optimization_efficiency": 0.9,
@@ -49,14 +53,18 @@ def test_no_history_balances_load() -> None:
 @pytest.mark.parametrize(
     ("overrides", "goal"),
     [
-        ({"success_rate": 0.85}, G.MAXIMIZE_SUCCESS),
+        ({"fleet_success": 0.85}, G.MAXIMIZE_SUCCESS),
         ({"retry_rate": 0.25}, G.MINIMIZE_RETRIES),
         ({"confidence": 0.80, "calibration": Calibration.of([(0.5, True)] * 10)}, G.MAXIMIZE_CONFIDENCE),
         ({"load_balance": 0.5}, G.BALANCE_LOAD),
         ({"optimization_efficiency": 0.4}, G.BALANCE_LOAD),
         ({}, G.MAXIMIZE_THROUGHPUT),
         # rule order: success before retries before balance
-        ({"success_rate": 0.5, "retry_rate": 0.9, "load_balance": 0.1}, G.MAXIMIZE_SUCCESS),
+        ({"fleet_success": 0.5, "retry_rate": 0.9, "load_balance": 0.1}, G.MAXIMIZE_SUCCESS),
+        # skipped, denied and cancelled tasks are not the fleet's failures
+        ({"success_rate": 0.1, "fleet_success": 1.0}, G.MAXIMIZE_THROUGHPUT),
+        # too small a sample (instant tasks) to judge the load on
+        ({"load_balance": 0.1, "assigned_makespan_s": 0.01}, G.MAXIMIZE_THROUGHPUT),
         ({"retry_rate": 0.9, "load_balance": 0.1}, G.MINIMIZE_RETRIES),
         # too few predictions to judge the calibration
         ({"confidence": 0.5, "calibration": Calibration.of([(0.5, True)] * 9)}, G.MAXIMIZE_THROUGHPUT),

@@ -255,7 +255,7 @@ def test_every_file_shows_the_same_numbers(tmp_path: Path) -> None:
             str(want["by_status"].get("failed", 0)),
         ]
         assert row[5:8] == [f"{rate:.2f}", f"{want['wall_s']:.2f}", f"{tps:.1f}"]
-        assert md_health[n][3:5] == [f"{rate:.2f}", f"{tps:.1f}"]
+        assert md_health[n][3] == f"{wm['fleet_success']:.2f}"
         assert html_waves[n][1:4] == [str(want["tasks"]), f"{rate:.3g}", f"{tps:.3g}"]
 
         # -- per agent in the wave ---------------------------------------------------------------
