@@ -559,7 +559,9 @@ class Campaign:
     def run(cls, rig: Rig, plan: Path, out: Path, agents: Sequence[str] = AGENTS, *extra: str) -> Campaign:
         argv = [sys.executable, "-m", "buddy", "run", str(plan), "--agents", ",".join(agents),
                 "--mode", "live", "--redis-url", rig.url, "--out", str(out), "--local-workers", "0",
-                "--no-progress", "--batch-size", "1", "--workdir", str(out.parent), *extra]  # fmt: skip
+                "--no-progress", "--batch-size", "1", "--workdir", str(out.parent),
+                # the trials fail tasks on purpose: the monitor locking the system would pause them
+                "--no-auto-lock", *extra]  # fmt: skip
         return cls(argv, out.parent, out.name, rig.settings)
 
     @classmethod

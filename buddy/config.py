@@ -17,6 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from buddy.analysis.monitor import MonitorConfig
+from buddy.coordinator.options import NotifyConfig
 from buddy.errors import ConfigError, SpecialFileError
 from buddy.models import AgentSpec, Mode, Strategy
 from buddy.plan.jsonl import read_regular_file
@@ -127,7 +129,12 @@ class CampaignConfig(BaseModel):
     holds the confidence threshold per risk level (``low``, ``medium``, ``high``, ``critical``,
     0–1), ``allow_critical`` and ``auto_approve`` (:class:`buddy.safety.gates.EscalationPolicy`).
     ``conflicts`` maps a conflict type to its resolution (:mod:`buddy.plan.conflicts`), e.g.
-    ``{write_write: priority}``.
+    ``{write_write: priority}``. ``monitor`` holds the anomaly thresholds, health weights and
+    bands (:class:`buddy.analysis.monitor.MonitorConfig`); ``auto_lock: false`` keeps the
+    monitor's ``unsafe_escalation`` from locking the system; ``lock_timeout_s`` ends a live
+    campaign the lock paused longer (seconds; default: wait for ``buddy unlock``); ``notify``
+    a webhook (``url``, ``events``, ``headers``…: :class:`~buddy.coordinator.options.NotifyConfig`)
+    that receives approval requests, pauses and the campaign's end.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -147,6 +154,10 @@ class CampaignConfig(BaseModel):
     max_fail_percentage: float | None = Field(default=None, ge=0, le=100)
     max_failures: int | None = Field(default=None, ge=0)
     conflicts: ConflictPolicy = Field(default_factory=ConflictPolicy)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    auto_lock: bool = True
+    lock_timeout_s: float | None = Field(default=None, gt=0)
+    notify: NotifyConfig | None = None
 
     @field_validator("conflicts", mode="before")
     @classmethod

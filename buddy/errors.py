@@ -12,6 +12,7 @@ catch one root. The tree::
     ├── UnknownToolError           a tool name that no registry entry has
     ├── IllegalTransition          a task state change that the state machine does not allow
     ├── CampaignAborted            a rule stopped a campaign (thresholds, min health, an operator)
+    │   └── LockTimeout            the system lock paused a live campaign past --lock-timeout
     ├── InfrastructureError        Redis or worker processes could not be started or reached
     │   ├── RedisUnavailable       the first connection to a Redis failed: refused, password, TLS
     │   └── BrokerUnavailable      the first connection to an AMQP broker failed
@@ -119,6 +120,11 @@ class CampaignAborted(BuddyError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class LockTimeout(CampaignAborted):
+    """The system stayed locked longer than ``--lock-timeout``: the campaign ends ``aborted``
+    and every task that has not started ends ``cancelled`` (:mod:`buddy.coordinator.pausing`)."""
 
 
 class InfrastructureError(BuddyError):

@@ -57,6 +57,7 @@ class TaskStatus(StrEnum):
     NEEDS_REVIEW = "needs_review"
     ROLLED_BACK = "rolled_back"
     LOST = "lost"
+    CANCELLED = "cancelled"
 
 
 FINAL_STATUSES = frozenset(
@@ -69,6 +70,7 @@ FINAL_STATUSES = frozenset(
         TaskStatus.NEEDS_REVIEW,
         TaskStatus.ROLLED_BACK,
         TaskStatus.LOST,
+        TaskStatus.CANCELLED,
     }
 )
 
@@ -193,20 +195,32 @@ class TaskSpec(BaseModel):
 
 
 class AttemptError(BaseModel):
-    """One failed attempt of a task."""
+    """One failed attempt of a task (or a failure within it, such as its rollback's).
+
+    ``at``: when the error was recorded; ``start_time``: when its attempt started;
+    ``duration_ms``: the attempt's wall time from its start to this error (milliseconds).
+    ``start_time`` and ``duration_ms`` are None when they are not known: an attempt that
+    died without reporting (``WorkerLost``), or an error recorded before they were kept.
+    A line of ``tool_execution_log.jsonl`` per failed attempt is built from them.
+    """
 
     attempt: int
     error_type: str
     error_msg: str
     at: datetime
+    start_time: datetime | None = None
+    duration_ms: float | None = None
 
 
 class Outcome(BaseModel):
     """The record of one task's execution; a line of ``executed_tasks.jsonl``.
 
-    ``duration_ms`` is wall time of the last attempt; ``attempts`` counts every try.
-    ``fencing_token`` is the lease token the task held; ``current_fencing_token`` the
-    resource's newest token when a lease was found lost (``lease_lost``, ``stale_commit``).
+    ``duration_ms`` is wall time of the last attempt (ms); ``attempts`` counts every try;
+    ``start_time`` is when the last attempt started (UTC), None when the tool never ran
+    (skipped, denied at the gate, cancelled, lost, revoked); ``mode`` the mode it ran (or
+    would have run) in, never ``live`` for work that ran otherwise. ``fencing_token`` is the
+    lease token the task held; ``current_fencing_token`` the resource's newest token when a
+    lease was found lost (``lease_lost``, ``stale_commit``).
     """
 
     task_id: str
@@ -359,6 +373,34 @@ class CampaignInfo(BaseModel):
 
 CampaignStatus = Literal["succeeded", "finished_with_failures", "aborted", "interrupted", "running"]
 
+#: Why a campaign is paused: the system lock (live campaigns only) or ``buddy pause``.
+PauseKind = Literal["lock", "operator"]
+
+
+class Pause(BaseModel):
+    """One pause of a campaign: while it lasts no task of the campaign starts (a live
+    campaign's tasks while the system is locked; every task after ``buddy pause``), tasks
+    already running finish. Stored as JSON in the campaign hash's ``paused`` field while it
+    lasts (``status`` reads ``paused`` then), listed in ``execution_summary.json``'s
+    ``pauses`` and in report.md once it ended. ``since``: when the lock was set or the pause
+    requested (UTC); ``until``: when the campaign went on or ended; ``seconds``: how long the
+    campaign was paused (None while it lasts); ``wave``: the wave it held."""
+
+    kind: PauseKind
+    reason: str
+    by: str
+    since: datetime
+    until: datetime | None = None
+    seconds: float | None = None
+    wave: int | None = None
+
+    def describe(self) -> str:
+        """``system locked: <reason>, by <who>, since <time>`` or ``paused by <who>: <reason>, since …``."""
+        since = self.since.strftime("%Y-%m-%d %H:%M:%S UTC")
+        if self.kind == "lock":
+            return f"system locked: {self.reason}, by {self.by}, since {since}"
+        return f"paused by {self.by}: {self.reason}, since {since}"
+
 
 class ExecutionSummary(BaseModel):
     """``execution_summary.json``: totals, per agent, per wave, start and end."""
@@ -376,3 +418,4 @@ class ExecutionSummary(BaseModel):
     abort_reason: str | None = None
     health: float | None = None
     health_status: str | None = None
+    pauses: list[Pause] = Field(default_factory=list)

@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator
 
 import fakeredis
+import hypothesis  # noqa: F401  (imported here, at collection: see below)
 import pytest
 import redis
 
@@ -18,6 +19,25 @@ from buddy.config import get_settings
 from buddy.infra.redis_server import EmbeddedRedis
 from buddy.state.store import Store
 from tests.helpers import private_redis
+
+# hypothesis's pytest plugin imports hypothesis lazily, at the terminal summary, when no
+# collected test imported it; pytest rewrites its modules then, deep in the stack, and
+# CPython 3.11.7's ast.parse fails there ("AST constructor recursion depth mismatch").
+# Importing it at collection, at a shallow depth, avoids that.
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The session's own ``XDG_STATE_HOME`` (inherited by the CLI processes it starts): the
+    state files of the embedded Redis its campaigns start never reach the user's, and a CLI
+    test never finds a Redis another test left running."""
+    before = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state-home"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = before
 
 
 @pytest.fixture(scope="session")

@@ -267,9 +267,14 @@ def run_campaign(
                 )
                 stack.callback(fleet.stop)
                 fleet.start()
+            fleet.add_campaign(str(options.campaign_id))  # the state file CLI commands find
             store = fleet.store()
             _ping(store, fleet.url)
             all_hooks: list[Any] = [ProgressHook(console, options.progress)]
+            if options.notify is not None:
+                from buddy.coordinator.notify import WebhookNotifier
+
+                all_hooks.append(WebhookNotifier(options.notify))
             if metrics_port is not None:
                 from buddy.infra.prometheus import CampaignMetrics, FleetCollector, serve
 

@@ -3,11 +3,18 @@ processes per agent, as a context manager reusable across campaigns.
 
 Teardown goes through one :class:`contextlib.ExitStack` and ignores SIGINT while it runs, so
 a second Ctrl-C during it cannot leave a private ``redis-server`` or a worker behind.
+
+While it runs, an embedded Redis is advertised in a state file
+(:class:`~buddy.infra.redis_server.EmbeddedRecord`) so that ``buddy approvals …``, ``buddy
+status`` and the other commands reach it without ``--redis-url``; the file is removed first
+thing at teardown.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import signal
 import threading
 import time
@@ -22,10 +29,18 @@ from buddy.config import get_settings
 from buddy.errors import InfrastructureError
 from buddy.infra.fleet import LocalFleet
 from buddy.infra.probes import check_redis
-from buddy.infra.redis_server import EmbeddedRedis
+from buddy.infra.redis_server import (
+    EmbeddedRecord,
+    EmbeddedRedis,
+    process_start,
+    remove_record,
+    write_record,
+)
 from buddy.infra.transport import make_dispatcher, redis_client
-from buddy.models import AgentSpec
+from buddy.models import AgentSpec, utcnow
 from buddy.state.store import Store
+
+log = logging.getLogger("buddy.fleet")
 
 
 @contextlib.contextmanager
@@ -77,6 +92,8 @@ class Fleet:
         self.start_timeout_s = start_timeout_s
         self._dispatcher: Celery | None = None
         self.embedded: EmbeddedRedis | None = None
+        #: the state file that advertises the embedded Redis (None without one)
+        self.record: EmbeddedRecord | None = None
         self.workers: LocalFleet | None = None
         self._stack = contextlib.ExitStack()
 
@@ -95,6 +112,7 @@ class Fleet:
             if self.redis_url is None:
                 self.embedded = EmbeddedRedis().start()
                 self._stack.callback(self.embedded.stop)
+                self._advertise()
             else:
                 check_redis(self.redis_url, get_settings().connect_timeout_s)
             if self.workers_per_agent:
@@ -115,6 +133,37 @@ class Fleet:
             self.stop()
             raise
         return self
+
+    def _advertise(self) -> None:
+        """Write the embedded Redis's state file; removed at teardown (before the Redis stops).
+        A state directory that cannot be written is logged: commands then need --redis-url,
+        which the hints print."""
+        assert self.embedded is not None
+        pid = os.getpid()
+        record = EmbeddedRecord(
+            url=self.embedded.url, pid=pid, pid_start=process_start(pid), started_at=utcnow(), cwd=os.getcwd()
+        )
+        try:
+            self.record = write_record(record)
+        except OSError as e:
+            log.warning("cannot write the embedded Redis's state file: %s", e)
+            return
+        self._stack.callback(self._unadvertise)
+
+    def _unadvertise(self) -> None:
+        if self.record is not None:
+            remove_record(self.record)
+            self.record = None
+
+    def add_campaign(self, campaign_id: str) -> None:
+        """Name ``campaign_id`` in the embedded Redis's state file, so ``buddy`` commands that
+        name the campaign pick this Redis among several; nothing without an embedded Redis."""
+        if self.record is not None and campaign_id not in self.record.campaigns:
+            campaigns = [*self.record.campaigns, campaign_id]
+            try:
+                self.record = write_record(self.record.model_copy(update={"campaigns": campaigns}))
+            except OSError as e:
+                log.warning("cannot update the embedded Redis's state file: %s", e)
 
     def _wait_ready(self, timeout_s: float) -> None:
         """Wait until every agent has a live worker (its heartbeat in Redis), so a campaign's

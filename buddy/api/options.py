@@ -12,10 +12,10 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from buddy.config import CampaignConfig, Settings, parse_agents
-from buddy.coordinator.options import CampaignOptions
+from buddy.coordinator.options import CampaignOptions, NotifyConfig
 from buddy.errors import ConfigError
 from buddy.models import AgentSpec, Mode, Strategy
 from buddy.plan.policy import ConflictPolicy, ConflictType, Resolution
@@ -23,8 +23,9 @@ from buddy.plan.policy import ConflictPolicy, ConflictType, Resolution
 
 class RunArgs(BaseModel):
     """The arguments of one campaign run, as given (None: not given). Seconds for
-    ``worker_wait``, ``approval_timeout``, ``wave_timeout``; ``max_fail_percentage`` 0–100;
-    ``min_health`` a 0–100 score."""
+    ``worker_wait``, ``approval_timeout``, ``wave_timeout``, ``lock_timeout``;
+    ``max_fail_percentage`` 0–100; ``min_health`` a 0–100 score; ``notify_url`` a webhook
+    that receives the campaign's notifications (campaign.yaml ``notify:``)."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
@@ -53,6 +54,9 @@ class RunArgs(BaseModel):
     rollback_on_abort: bool = False
     rollback_scope: Literal["wave", "campaign"] = "wave"
     wave_timeout: float | None = Field(default=None, ge=1)
+    lock_timeout: float | None = Field(default=None, gt=0)
+    auto_lock: bool | None = None
+    notify_url: HttpUrl | None = None
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_address: str = "127.0.0.1"
     root: Path | None = None
@@ -154,7 +158,20 @@ def campaign_options(
         wave_timeout_s=args.wave_timeout,
         optimize=args.optimize,
         min_health=args.min_health,
+        lock_timeout_s=args.lock_timeout if args.lock_timeout is not None else config.lock_timeout_s,
+        auto_lock=args.auto_lock if args.auto_lock is not None else config.auto_lock,
+        monitor=config.monitor,
+        notify=notify_config(args, config),
     )
+
+
+def notify_config(args: RunArgs, config: CampaignConfig) -> NotifyConfig | None:
+    """The webhook: ``notify_url`` (``--notify-url``) over campaign.yaml's ``notify.url``,
+    keeping the file's other settings (RunArgs validated the URL: http or https)."""
+    if args.notify_url is None:
+        return config.notify
+    base = config.notify.model_dump(exclude={"url"}) if config.notify else {}
+    return NotifyConfig.model_validate({**base, "url": str(args.notify_url)})
 
 
 def local_workers(args: RunArgs, config: CampaignConfig, redis_url: str | None) -> int:

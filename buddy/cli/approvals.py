@@ -1,5 +1,11 @@
 """``buddy approvals list|approve|deny``: the approval requests of HIGH/CRITICAL tasks, decided from
-any machine that reaches the campaign's Redis (:class:`buddy.safety.gates.Approvals`)."""
+any machine that reaches the campaign's Redis (:class:`buddy.safety.gates.Approvals`).
+
+Who decided is the OS account running the command (``user@host``,
+:func:`buddy.safety.gates.operator`), never a name typed on the command line: ``--by`` is
+refused (exit 2); free text goes in ``--comment/-m`` (``--reason`` is the same option) and is
+stored as the decision's reason. Without ``--redis-url`` the command finds a running embedded
+campaign's Redis (:mod:`buddy.cli.context`)."""
 
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ def approvals_list(
     """Show approval requests: task, wave, risk, tool, status, who decided and when."""
     from buddy.safety.gates import Approvals
 
-    cli = CliContext.connect(redis_url)
+    cli = CliContext.connect(redis_url, campaign=campaign)
     approvals = Approvals(cli.store)
     cids = [campaign] if campaign else cli.call(approvals.campaigns)
     rows = [
@@ -53,28 +59,58 @@ def approvals_list(
     out.print(table)
 
 
+#: ``--by`` is refused: who decides is the OS account running the command, not a claim.
+BY_REFUSED = (
+    "--by is no longer accepted: the decision is recorded as the OS user running this command "
+    "({who}); put free text in --comment/-m"
+)
+
+
+def _refuse_by(value: str | None) -> str | None:
+    if value is not None:
+        from buddy.safety.gates import operator
+
+        fail(BY_REFUSED.format(who=operator()))
+    return value
+
+
+CommentOpt = Annotated[
+    str,
+    typer.Option(
+        "--comment",
+        "-m",
+        "--reason",
+        help="Free text recorded with the decision (its reason); who decided is always the OS user@host.",
+    ),
+]
+ByOpt = Annotated[str | None, typer.Option("--by", hidden=True, callback=_refuse_by, expose_value=True)]
+
+
 def _decide(
     campaign: str,
     tasks: list[str] | None,
     wave: int | None,
     status: Literal["approved", "denied"],
-    reason: str,
-    by: str | None,
+    comment: str,
     redis_url: str | None,
 ) -> None:
+    """Decide ``campaign``'s pending requests of ``tasks`` and of ``wave``, recorded as
+    :func:`buddy.safety.gates.operator` (``user@host`` of the OS account) with ``comment`` as
+    the reason. Exit 1 when one was already decided, 2 when one has no request."""
     from buddy.safety.gates import Approvals, operator
 
-    cli = CliContext.connect(redis_url)
+    cli = CliContext.connect(redis_url, campaign=campaign)
     approvals = Approvals(cli.store)
     ids = list(tasks or [])
     if wave is not None:
         ids += [a.task_id for a in cli.call(lambda: approvals.get(campaign)) if a.wave == wave]
     if not ids:
         fail("name the tasks (TASK…) or a wave (--wave N)")
-    result = cli.call(lambda: approvals.decide(campaign, ids, status, by=by or operator(), reason=reason))
+    by = operator()
+    result = cli.call(lambda: approvals.decide(campaign, ids, status, by=by, reason=comment))
     bad = {t: r for t, r in result.items() if r != "decided"}
     for t, r in result.items():
-        out.print(f"{t}: {status if r == 'decided' else r}", highlight=False)
+        out.print(f"{t}: {f'{status} by {by}' if r == 'decided' else r}", highlight=False)
     if bad:
         raise typer.Exit(EXIT_INVALID if any(r == "no request" for r in bad.values()) else 1)
 
@@ -84,27 +120,29 @@ def approvals_approve(
     campaign: Annotated[str, typer.Argument(help="Campaign id.")],
     tasks: Annotated[list[str] | None, typer.Argument(help="Task ids.")] = None,
     wave: Annotated[int | None, typer.Option("--wave", help="Every pending request of wave N.")] = None,
-    reason: Annotated[str, typer.Option("--reason")] = "",
-    by: Annotated[str | None, typer.Option("--by", help="Who approves (default user@host).")] = None,
+    comment: CommentOpt = "",
+    by: ByOpt = None,
     redis_url: RedisOpt = None,
 ) -> None:
-    """Approve pending requests (from any machine); who and when are recorded."""
-    _decide(campaign, tasks, wave, "approved", reason, by, redis_url)
+    """Approve pending requests (from any machine). Recorded: the OS user@host running this
+    command, the time, and the --comment."""
+    _decide(campaign, tasks, wave, "approved", comment, redis_url)
 
 
 @approvals_app.command("deny")
 def approvals_deny(
     campaign: Annotated[str, typer.Argument(help="Campaign id.")],
     tasks: Annotated[list[str] | None, typer.Argument(help="Task ids.")] = None,
-    reason: Annotated[str, typer.Option("--reason", help="Why (recorded and shown in the outcome).")] = "",
+    comment: CommentOpt = "",
     wave: Annotated[int | None, typer.Option("--wave", help="Every pending request of wave N.")] = None,
-    by: Annotated[str | None, typer.Option("--by", help="Who denies (default user@host).")] = None,
+    by: ByOpt = None,
     redis_url: RedisOpt = None,
 ) -> None:
-    """Deny pending requests: those tasks end `denied` and nothing of them runs."""
-    if not reason:
-        fail("--reason is required to deny")
-    _decide(campaign, tasks, wave, "denied", reason, by, redis_url)
+    """Deny pending requests: those tasks end `denied` and nothing of them runs. A --comment
+    (why) is required; it is recorded with the OS user@host and shown in the outcome."""
+    if not comment:
+        fail("--comment/-m is required to deny: say why (it is shown in the task's outcome)")
+    _decide(campaign, tasks, wave, "denied", comment, redis_url)
 
 
 def register(app: typer.Typer) -> None:

@@ -169,6 +169,32 @@ def run(
             help="Abort (exit 3) when a wave's health score (0-100) falls below this.",
         ),
     ] = None,
+    lock_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--lock-timeout",
+            min=0.1,
+            help="Seconds the system lock may pause this live campaign; then it ends aborted (exit 3) "
+            "with its unstarted tasks cancelled. Default: wait for `buddy unlock`.",
+        ),
+    ] = None,
+    auto_lock: Annotated[
+        bool | None,
+        typer.Option(
+            "--auto-lock/--no-auto-lock",
+            help="Let the monitor's unsafe_escalation lock the system (live campaigns pause until "
+            "`buddy unlock`). Default: on (campaign.yaml: auto_lock).",
+            show_default=False,
+        ),
+    ] = None,
+    notify_url: Annotated[
+        str | None,
+        typer.Option(
+            "--notify-url",
+            help="Webhook that receives a JSON POST when approvals are requested, the campaign "
+            "pauses, resumes, aborts or finishes (campaign.yaml: notify).",
+        ),
+    ] = None,
     optimize: Annotated[
         bool,
         typer.Option(
@@ -238,6 +264,9 @@ def run(
         approval_timeout=approval_timeout,
         max_fail_percentage=max_fail_percentage,
         min_health=min_health,
+        lock_timeout=lock_timeout,
+        auto_lock=auto_lock,
+        notify_url=notify_url,
         optimize=optimize,
         max_failures=max_failures,
         rollback_on_abort=rollback_on_abort,

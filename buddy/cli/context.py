@@ -1,13 +1,16 @@
 """What every ``buddy`` command shares: the consoles, the exit codes, :func:`fail`, and
 :class:`CliContext`, the connection options resolved in one place (as rq's ``CliConfig``).
 
-Which Redis: ``--redis-url``, else ``BUDDY_REDIS_URL``, else ``redis://127.0.0.1:6379/0``
-(:data:`buddy.infra.transport.DEFAULT_REDIS_URL`; ``buddy run`` starts an embedded Redis
-instead), said on stderr when it is that default, never silently. That Redis is PINGed
-once, within ``BUDDY_CONNECT_TIMEOUT_S`` seconds, before a command does any work: when it
-does not answer, the command prints the redacted URL, what happened and the fix (which names
---redis-url and BUDDY_REDIS_URL) and exits 3, never a traceback. Which broker:
-``--broker-url``, else ``BUDDY_BROKER_URL``, else the Redis.
+Which Redis (:func:`resolve_redis`): ``--redis-url``, else ``BUDDY_REDIS_URL``, else the
+embedded Redis of a running ``buddy run`` (or Python program), found through its state file
+(:func:`buddy.infra.redis_server.running_embedded`): the one that holds the campaign the
+command names, else the only one running; only when none runs ``redis://127.0.0.1:6379/0``
+(:data:`buddy.infra.transport.DEFAULT_REDIS_URL`). The last two are said on stderr, never
+silently; several embedded Redis and no campaign to tell them apart is exit 2 with each one's
+``--redis-url``. That Redis is PINGed once, within ``BUDDY_CONNECT_TIMEOUT_S`` seconds, before
+a command does any work: when it does not answer, the command prints the redacted URL, what
+happened and the fix (which names --redis-url and BUDDY_REDIS_URL) and exits 3, never a
+traceback. Which broker: ``--broker-url``, else ``BUDDY_BROKER_URL``, else the Redis.
 
 This module and :mod:`buddy.cli.options` import no other command module, so that each of them
 can import these two.
@@ -18,7 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NoReturn, Self, TypeVar
+from typing import Literal, NoReturn, Self, TypeVar
 
 import redis
 import typer
@@ -27,7 +30,9 @@ from rich.console import Console
 from buddy.config import get_settings
 from buddy.errors import BrokerUnavailable, ConfigError, RedisUnavailable
 from buddy.infra.probes import check_broker, check_redis
+from buddy.infra.redis_server import EmbeddedRecord, running_embedded
 from buddy.infra.transport import DEFAULT_REDIS_URL, redact_url, redis_client
+from buddy.state.keys import Keys
 from buddy.state.store import Store
 
 out = Console()
@@ -84,34 +89,100 @@ def set_broker(broker_url: str | None) -> None:
         get_settings.cache_clear()
 
 
+#: Where a command's Redis URL came from: ``--redis-url``, ``BUDDY_REDIS_URL``, a running
+#: embedded Redis's state file, or the built-in default.
+RedisSource = Literal["flag", "env", "embedded", "default"]
+
+
+def _holds(record: EmbeddedRecord, campaign: str) -> bool:
+    """Whether the embedded Redis of ``record`` holds ``campaign``: named in its state file, or
+    its campaign hash exists there (asked within ``BUDDY_CONNECT_TIMEOUT_S`` seconds)."""
+    if campaign in record.campaigns:
+        return True
+    timeout = get_settings().connect_timeout_s
+    try:
+        client = redis.Redis(
+            unix_socket_path=str(record.socket), socket_connect_timeout=timeout, socket_timeout=timeout
+        )
+        with client:
+            return bool(client.exists(Keys.campaign(campaign)))
+    except redis.RedisError:
+        return False
+
+
+def resolve_redis(redis_url: str | None, campaign: str | None = None) -> tuple[str, RedisSource, str]:
+    """The Redis of a command: ``(url, source, note)``; ``note`` is what to say on stderr
+    ("" for a flag or ``BUDDY_REDIS_URL``). Order: ``redis_url`` (the flag), ``BUDDY_REDIS_URL``,
+    the running embedded Redis that holds ``campaign``, else the only one running, else the
+    default — never the default while an embedded Redis runs. Exits 2 when several embedded
+    Redis run and ``campaign`` picks none of them."""
+    settings = get_settings()
+    if redis_url:
+        return redis_url, "flag", ""
+    if settings.redis_url:
+        return settings.redis_url, "env", ""
+    running = running_embedded()
+    unset = "no --redis-url and no BUDDY_REDIS_URL"
+    if campaign is not None and running:
+        holders = [r for r in running if _holds(r, campaign)]
+        if holders:
+            r = holders[-1]  # the newest, should two ever hold the same id
+            return (
+                r.url,
+                "embedded",
+                f"note: {unset}: using the embedded Redis of campaign {campaign}: {r.describe()}",
+            )
+        unset += f", and no running embedded Redis holds campaign {campaign}"
+    if len(running) == 1:
+        r = running[0]
+        return r.url, "embedded", f"note: {unset}: using the running embedded Redis {r.describe()}"
+    if len(running) > 1:
+        fail(
+            f"{unset}, and {len(running)} embedded Redis are running; name one with --redis-url"
+            + (" (or name the campaign)" if campaign is None else "")
+            + ":\n"
+            + "\n".join(
+                f"  --redis-url {r.url}   # pid {r.pid}, {', '.join(r.campaigns) or 'no campaign yet'}"
+                for r in running
+            )
+        )
+    return DEFAULT_REDIS_URL, "default", f"note: {unset}: using {DEFAULT_REDIS_URL}"
+
+
 class CliContext:
     """The Redis and the broker of one command, resolved once from its options and the settings.
 
     Build it where the command used to read ``--redis-url``: ``CliContext.connect(redis_url)``
     when the command needs the Redis before anything else, ``CliContext(redis_url)`` to resolve
     the URLs and probe later (:meth:`probe`), or not at all (``buddy doctor`` reports an
-    unreachable Redis as a failed check).
+    unreachable Redis as a failed check). ``campaign``: the campaign the command is about,
+    which picks the embedded Redis holding it (:func:`resolve_redis`).
 
     Attributes:
-        url: ``--redis-url``, else ``BUDDY_REDIS_URL``, else ``redis://127.0.0.1:6379/0``.
+        url: ``--redis-url``, else ``BUDDY_REDIS_URL``, else the running embedded Redis, else
+            ``redis://127.0.0.1:6379/0``.
+        source: which of those it is (:data:`RedisSource`).
         broker_url: ``--broker-url``, else ``BUDDY_BROKER_URL``, else None (the Redis).
     """
 
-    def __init__(self, redis_url: str | None = None, broker_url: str | None = None) -> None:
+    def __init__(
+        self, redis_url: str | None = None, broker_url: str | None = None, *, campaign: str | None = None
+    ) -> None:
         settings = get_settings()
-        self._redis_flag = redis_url
         self._broker_flag = broker_url
-        self.url: str = redis_url or settings.redis_url or DEFAULT_REDIS_URL
-        #: True when neither the flag nor BUDDY_REDIS_URL named a Redis (the default is used)
-        self.defaulted = not (redis_url or settings.redis_url)
+        self.url, self.source, self._note = resolve_redis(redis_url, campaign)
+        #: True when neither the flag nor BUDDY_REDIS_URL named a Redis (embedded or default)
+        self.defaulted = self.source in ("embedded", "default")
         self.broker_url: str | None = broker_url or settings.broker_url
         self._probed = False
         self._store: Store | None = None
 
     @classmethod
-    def connect(cls, redis_url: str | None = None, broker_url: str | None = None) -> CliContext:
+    def connect(
+        cls, redis_url: str | None = None, broker_url: str | None = None, *, campaign: str | None = None
+    ) -> CliContext:
         """A context whose Redis answered its PING (:meth:`probe`); else the command exits."""
-        return cls(redis_url, broker_url).probe()
+        return cls(redis_url, broker_url, campaign=campaign).probe()
 
     @property
     def shown(self) -> str:
@@ -119,11 +190,12 @@ class CliContext:
         return redact_url(self.url)
 
     def export(self) -> Self:
-        """Put ``--redis-url`` and ``--broker-url``, when given, into this process's environment
-        (``BUDDY_REDIS_URL``, ``BUDDY_BROKER_URL``) and re-read the settings: for the Celery app
-        and the processes this one starts, which read them from there."""
-        if self._redis_flag:
-            os.environ["BUDDY_REDIS_URL"] = self._redis_flag
+        """Put ``--redis-url`` (or the embedded Redis found) and ``--broker-url``, when given,
+        into this process's environment (``BUDDY_REDIS_URL``, ``BUDDY_BROKER_URL``) and re-read
+        the settings: for the Celery app and the processes this one starts, which read them
+        from there."""
+        if self.source in ("flag", "embedded"):
+            os.environ["BUDDY_REDIS_URL"] = self.url
         set_broker(self._broker_flag)
         get_settings.cache_clear()
         return self
@@ -131,12 +203,8 @@ class CliContext:
     def probe(self) -> Self:
         """PING the Redis once (:func:`probe_redis`); later calls do nothing."""
         if not self._probed:
-            if self.defaulted:
-                err.print(
-                    f"note: no --redis-url and no BUDDY_REDIS_URL: using {self.url}",
-                    markup=False,
-                    highlight=False,
-                )
+            if self._note:
+                err.print(self._note, markup=False, highlight=False, soft_wrap=True)
             probe_redis(self.url)
             self._probed = True
         return self

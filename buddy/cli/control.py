@@ -1,5 +1,5 @@
 """Commands that read or steer campaigns through their Redis, from any machine: ``status``,
-``agents``, ``abort``, ``review``, ``rollback``, ``lock`` and ``unlock``.
+``agents``, ``abort``, ``review`` and ``rollback``.
 
 Each one resolves and probes its Redis once (:class:`buddy.cli.context.CliContext`): a Redis
 that does not answer is reported with its fix and exit 3 before the command does anything.
@@ -7,12 +7,15 @@ that does not answer is reported with its fix and exit 3 before the command does
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from buddy.cli.context import CliContext, fail, out
 from buddy.cli.options import RedisOpt, ToolsOpt, split_values
@@ -26,22 +29,47 @@ class ReviewMark(StrEnum):
     retry = "retry"
 
 
+def campaign_state(c: Mapping[str, str]) -> str:
+    """A campaign's status as ``buddy status`` shows it, from its hash ``c``: ``status``, and
+    while it lasts ``paused (<Pause.describe()>)`` (field ``paused``, :class:`buddy.models.Pause`)
+    and ``waiting for approval (n tasks, wave w, times out at …)`` (field ``approval_wait``,
+    :class:`buddy.coordinator.approvals.ApprovalWait`) in place of ``running``."""
+    from buddy.coordinator.approvals import APPROVAL_WAIT_FIELD, ApprovalWait
+    from buddy.models import Pause
+
+    status = c.get("status") or "?"
+    shown = status
+    if status == "paused" and c.get("paused"):
+        try:
+            shown = f"paused ({Pause.model_validate_json(c['paused']).describe()})"
+        except ValueError:
+            shown = "paused"
+    if status in ("running", "paused") and c.get(APPROVAL_WAIT_FIELD):
+        try:
+            wait = ApprovalWait.model_validate_json(c[APPROVAL_WAIT_FIELD]).describe()
+        except ValueError:
+            wait = "waiting for approval"
+        shown = wait if status == "running" else f"{shown}; {wait}"
+    return shown
+
+
 def status(
     campaign: Annotated[str | None, typer.Argument(help="Campaign id; none lists recent campaigns.")] = None,
     redis_url: RedisOpt = None,
 ) -> None:
-    """Show campaigns and their waves, read from Redis."""
-    cli = CliContext.connect(redis_url)
+    """Show campaigns and their waves, read from Redis: running, paused (why, by whom, since
+    when) or waiting for approval (how many tasks, which wave, until when), or how it ended."""
+    cli = CliContext.connect(redis_url, campaign=campaign)
     store = cli.store
     with cli.redis_errors():
         if campaign is None:
             table = Table(title="campaigns")
             for col in ("campaign", "status", "mode", "tasks", "waves", "current wave", "created"):
-                table.add_column(col)
+                table.add_column(col, overflow="fold")
             for cid in store.campaign_ids():
                 c = store.campaign(cid)
                 table.add_row(
-                    cid, c.get("status", "?"), c.get("mode", ""), c.get("tasks", ""), c.get("waves", ""),
+                    cid, Text(campaign_state(c)), c.get("mode", ""), c.get("tasks", ""), c.get("waves", ""),
                     c.get("current_wave", ""), c.get("created_at", ""),
                 )  # fmt: skip
             out.print(table)
@@ -50,8 +78,8 @@ def status(
         if not c:
             fail(f"no campaign {campaign!r} in Redis at {cli.shown}")
         out.print(
-            f"[bold]{campaign}[/]: {c.get('status')} (mode {c.get('mode')}, {c.get('tasks')} tasks, "
-            f"{c.get('waves')} waves, outputs {c.get('out_dir')})"
+            f"[bold]{escape(campaign)}[/]: {escape(campaign_state(c))} (mode {c.get('mode')}, "
+            f"{c.get('tasks')} tasks, {c.get('waves')} waves, outputs {escape(c.get('out_dir', ''))})"
         )
         table = Table()
         for col in ("wave", "dispatched", "done", "failed", "running", "started"):
@@ -113,7 +141,7 @@ def abort(
     info = cli.call(lambda: store.campaign(campaign))
     if not info:
         fail(f"no campaign {campaign!r} in Redis at {cli.shown}")
-    if info.get("status") != "running":
+    if info.get("status") not in ("running", "paused"):
         fail(f"campaign {campaign} is {info.get('status')}, not running", 1)
     cli.call(lambda: store.request_abort(campaign, f"{reason} (by {operator()})"))
     out.print(f"abort requested for {campaign}; its coordinator stops within a second")
@@ -199,36 +227,18 @@ def rollback(
     out.print(table)
     out_dir = Path(info.get("out_dir") or "")
     if out_dir.is_dir() and events:
+        from buddy.outputs.campaign import CampaignFiles
         from buddy.outputs.writer import OutputWriter
 
-        OutputWriter(out_dir).append_jsonl(OutputWriter.ROLLBACKS, events)
-        out.print(f"appended to {out_dir / OutputWriter.ROLLBACKS}")
+        # the events, and the wave files and tool log of the compensated tasks, rewritten
+        finals = cli.call(lambda: store.outcomes(campaign, [e.task_id for e in events]))
+        CampaignFiles(OutputWriter(out_dir), []).rollbacks(events, finals)
+        out.print(f"appended to {out_dir / OutputWriter.ROLLBACKS}; the wave files say rolled_back")
     if any(e.status == "failed" for e in events):
         raise typer.Exit(1)
 
 
-def lock(
-    reason: Annotated[str, typer.Option("--reason", help="Why; shown to every campaign that runs mock.")],
-    redis_url: RedisOpt = None,
-) -> None:
-    """Lock the system: every campaign runs mock until `buddy unlock` (checked per wave and per task)."""
-    from buddy.safety import gates
-
-    cli = CliContext.connect(redis_url)
-    cli.call(lambda: gates.lock(cli.store, reason))
-    out.print(f"locked: {reason}")
-
-
-def unlock(redis_url: RedisOpt = None) -> None:
-    """Remove the system lock."""
-    from buddy.safety import gates
-
-    cli = CliContext.connect(redis_url)
-    was = cli.call(lambda: gates.unlock(cli.store))
-    out.print("unlocked" if was else "was not locked")
-
-
 def register(app: typer.Typer) -> None:
-    """Add ``status``, ``agents``, ``abort``, ``review``, ``rollback``, ``lock`` and ``unlock``."""
-    for command in (status, agents, abort, review, rollback, lock, unlock):
+    """Add ``status``, ``agents``, ``abort``, ``review`` and ``rollback``."""
+    for command in (status, agents, abort, review, rollback):
         app.command(command.__name__)(command)

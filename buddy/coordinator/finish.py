@@ -73,6 +73,7 @@ def finish_campaign(c: Coordinator, status: CampaignStatus, abort_reason: str | 
         abort_reason=abort_reason,
         health=final_health.score if final_health else None,
         health_status=final_health.status if final_health else None,
+        pauses=c.pausing.pauses,
     )
     c._flush_transitions()
     if c.plan.conflicts is not None:

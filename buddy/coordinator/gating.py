@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from rich.console import Console
 
-from buddy.coordinator.approvals import ApprovalWaiter, approval_item
+from buddy.coordinator.approvals import ApprovalWaiter, approval_commands, approval_item, hint_redis_url
 from buddy.coordinator.hooks import CampaignContext
 from buddy.coordinator.moves import TaskMoves
 from buddy.models import Mode, Outcome, Risk, TaskStatus
@@ -50,11 +50,10 @@ class WaveGating:
     ) -> tuple[list[Outcome], dict[str, Gate]]:
         """Each task of wave ``n`` without an outcome in ``outcomes``: skipped (a conflict, an
         upstream failure), left for its twin, or gated with its confidence times its agent's
-        ``weight`` (0–1). Returns the outcomes decided here (skipped, denied) and the gates."""
+        ``weight`` (0–1); tasks an operator cancelled (``buddy cancel``) end ``cancelled``.
+        Returns the outcomes decided here (skipped, denied, cancelled) and the gates."""
         plan, opts, store, cid = self.ctx.plan, self.ctx.options, self.ctx.store, self.ctx.campaign_id
-        lock = store.lock_reason()
-        if lock:
-            self.console.print(f"[yellow]system locked[/] ({lock}): wave {n} runs mock")
+        cancelled = store.cancel_requested(cid, [pt.task.task_id for pt in plan.waves[n]])
         pre: list[Outcome] = []
         gates: dict[str, Gate] = {}
         waiting: list[tuple[PlannedTask, Risk, float]] = []
@@ -62,6 +61,11 @@ class WaveGating:
             tid = pt.task.task_id
             if tid in outcomes or tid in plan.reuse:
                 continue  # final already; or takes its twin's outcome once the twin has one
+            if tid in cancelled:
+                why = "cancelled by an operator before it was sent"
+                by = f"operator {cancelled[tid]}"
+                pre.append(self.moves.closed(pt, TaskStatus.CANCELLED, "cancelled", why, by=by))
+                continue
             if tid in plan.skip:
                 pre.append(self.moves.closed(pt, TaskStatus.SKIPPED, "conflict", plan.skip[tid]))
                 continue
@@ -72,7 +76,7 @@ class WaveGating:
             contract = self.registry.get(pt.task.tool)
             risk = contract.risk_for(contract.parse_args(pt.task.args))
             confidence = pt.task.confidence * weight.get(pt.agent, 1.0)  # the agent's calibration
-            gate = escalate(opts.mode, risk, confidence, opts.escalation, locked=lock)
+            gate = escalate(opts.mode, risk, confidence, opts.escalation)
             gates[tid] = gate
             if not gate.needs_approval:
                 continue
@@ -115,17 +119,21 @@ class WaveGating:
         self.ctx.store.record_outcomes(copies)
 
     def _approve(self, n: int, waiting: list[tuple[PlannedTask, Risk, float]]) -> list[Outcome]:
+        """Wait for the decisions on wave ``n``'s ``waiting`` tasks; returns the denied ones'
+        outcomes. Without an approver, prints the commands that decide, each on a line of its
+        own and never wrapped, so that it works when pasted (:func:`approval_commands`)."""
         cid, opts = self.ctx.campaign_id, self.ctx.options
-        how = (
-            ""
-            if self.waiter.approver
-            else f": buddy approvals list {cid}; buddy approvals approve {cid} --wave {n}"
-        )
         self.console.print(
-            f"wave {n}: {len(waiting)} task(s) wait for approval "
-            f"(timeout {opts.approval_timeout_s:g} s){how}",
+            f"wave {n}: {len(waiting)} task(s) wait for approval (timeout {opts.approval_timeout_s:g} s)"
+            + ("" if self.waiter.approver else "; to see and approve them:"),
             highlight=False,
         )
+        if not self.waiter.approver:
+            url, note = hint_redis_url(opts, self.ctx.store)
+            for command in approval_commands(cid, n, url):
+                self.console.print(f"  {command}", markup=False, highlight=False, soft_wrap=True)
+            if note:
+                self.console.print(f"  ({note})", markup=False, highlight=False, soft_wrap=True)
         self.ctx.store.event(
             cid, "approvals_requested", wave=n, tasks=sorted(p.task.task_id for p, _, _ in waiting)
         )

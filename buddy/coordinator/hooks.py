@@ -5,9 +5,11 @@ class, as dramatiq's ``Middleware``). The coordinator calls them through :class:
 a hook that raises is logged with its name and the campaign goes on. The progress bar
 (:class:`ProgressHook`) and the Prometheus metrics (:class:`MetricsHook`) are hooks too.
 
-Order of calls: ``before_campaign`` once, then per wave ``before_wave``, ``on_approvals``
-(while tasks wait for a decision), ``on_progress`` (while the wave runs) and ``after_wave``,
-then ``after_campaign`` once, also when the campaign aborted or was interrupted.
+Order of calls: ``before_campaign`` once, then per wave ``before_wave``,
+``on_approval_request`` (once, when tasks start waiting for a decision), ``on_approvals``
+(while they wait), ``on_progress`` (while the wave runs) and ``after_wave``, then
+``after_campaign`` once, also when the campaign aborted or was interrupted. ``on_pause`` and
+``on_resume`` bracket each pause (the system lock, ``buddy pause``), at any point.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from buddy.coordinator.options import CampaignOptions
-from buddy.models import Outcome
+from buddy.models import Outcome, Pause
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from buddy.analysis.wave import WaveReport
+    from buddy.coordinator.approvals import ApprovalRequest
     from buddy.coordinator.result import CampaignResult
     from buddy.infra.prometheus import CampaignMetrics
     from buddy.plan.model import CampaignPlan
@@ -57,8 +62,21 @@ class CampaignHooks:
     def before_wave(self, ctx: CampaignContext) -> None:
         """Before wave ``ctx.wave`` is gated and sent (``ctx.wave_tasks`` tasks)."""
 
+    def on_approval_request(
+        self, ctx: CampaignContext, requests: list[ApprovalRequest], timeout_at: datetime
+    ) -> None:
+        """Once per wave, when ``requests`` start waiting for a decision; undecided at
+        ``timeout_at`` (UTC) they are denied."""
+
     def on_approvals(self, ctx: CampaignContext, waiting: int, approved: int, denied: int) -> None:
         """While tasks of the wave wait for an approval decision (called at every poll)."""
+
+    def on_pause(self, ctx: CampaignContext, pause: Pause) -> None:
+        """When the campaign pauses (``pause.until`` is None)."""
+
+    def on_resume(self, ctx: CampaignContext, pause: Pause) -> None:
+        """When a pause ends (``pause.until`` and ``pause.seconds`` set); not called when the
+        campaign ends while paused (``--lock-timeout``, ``buddy abort``, Ctrl-C)."""
 
     def on_progress(self, ctx: CampaignContext, done: int, failed: int, running: int) -> None:
         """While the wave runs: tasks with an outcome, of them failed, and attempts running."""
@@ -130,6 +148,14 @@ class ProgressHook(CampaignHooks):
             self.bar = self.progress.add_task("", total=ctx.wave_tasks, wave=ctx.wave, failed=0, running=0)
         self.progress.update(self.bar, completed=done, failed=failed, running=max(0, running))
 
+    def on_pause(self, ctx: CampaignContext, pause: Pause) -> None:
+        if self.bar is not None:
+            self.progress.update(self.bar, wave=f"{ctx.wave} [yellow]paused ({pause.describe()})[/]")
+
+    def on_resume(self, ctx: CampaignContext, pause: Pause) -> None:
+        if self.bar is not None:
+            self.progress.update(self.bar, wave=ctx.wave)
+
     def after_wave(self, ctx: CampaignContext, report: WaveReport | None) -> None:
         failed = sum(1 for o in ctx.wave_outcomes if o.status.value != "succeeded")
         self.on_progress(ctx, len(ctx.wave_outcomes), failed, 0)
@@ -153,6 +179,12 @@ class MetricsHook(CampaignHooks):
     def before_wave(self, ctx: CampaignContext) -> None:
         if ctx.wave is not None:
             self.metrics.set_current_wave(ctx.wave)
+
+    def on_pause(self, ctx: CampaignContext, pause: Pause) -> None:
+        self.metrics.set_paused(pause.kind, True)
+
+    def on_resume(self, ctx: CampaignContext, pause: Pause) -> None:
+        self.metrics.set_paused(pause.kind, False, pause.seconds or 0.0)
 
     def after_wave(self, ctx: CampaignContext, report: WaveReport | None) -> None:
         from buddy.infra.prometheus import error_budget

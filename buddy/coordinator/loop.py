@@ -23,6 +23,7 @@ injected :class:`~buddy.coordinator.options.Clock`.
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import datetime
 from typing import Any
 
 from celery import Celery
@@ -43,8 +44,9 @@ from buddy.coordinator.options import (
     SystemClock,
     new_campaign_id,
 )
+from buddy.coordinator.pausing import LockTimeout, PauseControl, cancel_untouched
 from buddy.coordinator.result import CampaignResult
-from buddy.coordinator.rollback import compensate
+from buddy.coordinator.rollback import compensate, summaries_after
 from buddy.coordinator.sending import WaveDispatch, WaveSender
 from buddy.errors import CampaignAborted
 from buddy.infra.logs import log_context
@@ -111,11 +113,28 @@ class Coordinator:
         self.latency: LatencyChart | None = None  # report.html's latency chart, drawn early
         self.prior_outcomes = True  # outcomes stored before this run (set in _begin)
         self.fleet = FleetView(plan, store, self.clock, self.console)
+        self.pausing = PauseControl(
+            self.ctx,
+            self.hooks,
+            self.clock,
+            self.console,
+            lock_timeout_s=options.lock_timeout_s,
+            auto_lock=options.auto_lock,
+        )
         self.gating = WaveGating(self.ctx, registry, self.moves, self.waiter, self.console)
         self.sender = WaveSender(
-            self.ctx, app, registry, self.fleet, self.hooks, self.clock, self.console, get_settings()
+            self.ctx,
+            app,
+            registry,
+            self.fleet,
+            self.hooks,
+            self.clock,
+            self.console,
+            get_settings(),
+            pause=self.pausing.hold,
         )
         self.dispatch: WaveDispatch | None = None  # the wave's last dispatch
+        self.sent_at: datetime | None = None  # when the current wave was sent (throughput window)
         self.learner = Learner(
             plan,
             store,
@@ -125,6 +144,7 @@ class Coordinator:
             campaign_id=self.cid,
             optimize=options.optimize,
             min_health=options.min_health,
+            monitor=options.monitor,
         )
 
     # -- the loop ------------------------------------------------------------------------
@@ -138,12 +158,18 @@ class Coordinator:
             abort_reason: str | None = None
             status: CampaignStatus = "running"
             try:
+                waves = self.plan.wave_numbers()
+                self.pausing.hold(waves[0] if waves else None)  # a live campaign started while locked
                 self.fleet.wait_for_workers(self.opts.worker_wait_s)
-                for n in self.plan.wave_numbers():
+                for n in waves:
                     self._run_wave(n)
             except CampaignAborted as e:
                 abort_reason, status = e.reason, "aborted"
                 self.console.print(f"[red]campaign aborted:[/] {e.reason}")
+                if isinstance(e, LockTimeout):
+                    cancel_untouched(self.store, self.cid, self.plan, self.moves, e.reason)
+                    self._flush_transitions()
+                self.outcomes.update(self.store.outcomes(self.cid))  # also the unfinished wave's
                 if self.opts.rollback_on_abort:
                     self._compensate()
             except KeyboardInterrupt:
@@ -173,7 +199,7 @@ class Coordinator:
                     "tasks": str(len(self.plan.tasks)),
                     "out_dir": str(self.out.root),
                     "config": info.model_dump_json(),
-                    "options": self.opts.model_dump_json(exclude={"resume", "progress"}),
+                    "options": self.opts.model_dump_json(exclude={"resume", "progress", "notify"}),
                 },
             )
             for tid in self.plan.tasks:
@@ -204,6 +230,7 @@ class Coordinator:
         )
 
     def _run_wave(self, n: int) -> None:
+        self.pausing.hold(n)
         if n in self.done_before:
             self.learner.adopt(n)  # a resumed campaign's finished wave: its report, not its files again
         else:
@@ -232,7 +259,9 @@ class Coordinator:
         denied = {o.task_id for o in pre if o.status is TaskStatus.DENIED}
         approved = [t for t, g in gates.items() if g.needs_approval and t not in denied]
         requested = sum(1 for g in gates.values() if g.needs_approval)
-        self.learner.store_inputs(n, tasks, approved=approved, requested=requested, granted=len(approved))
+        self.sent_at = self.learner.store_inputs(
+            n, tasks, approved=approved, requested=requested, granted=len(approved), registry=self.registry
+        )
         sent = sum(len(v) for v in to_send.values())
         self.store.start_wave(self.cid, n, dispatched=sent)
         if pre:
@@ -255,7 +284,7 @@ class Coordinator:
         got = {t: Outcome.model_validate_json(v) for t, v in raw.items()}
         self.outcomes.update(got)
         wave_outcomes = [got[i] for i in ids if i in got]
-        summary = summarize_wave(self.cid, n, wave_outcomes)
+        summary = summarize_wave(self.cid, n, wave_outcomes, self.sent_at)
         self.wave_summaries.append(summary)
         self.files.wave(
             n, wave_outcomes, raw, [o for o in wave_outcomes if o.task_id not in self.preexisting]
@@ -274,6 +303,7 @@ class Coordinator:
                     self.latency = LatencyChart.of(list(self.outcomes.values()))
                 self.sender.await_body(n, self.dispatch)
                 report = self.learner.after_wave(n)  # raises CampaignAborted below min_health
+                self.pausing.auto_lock(n, report)
         finally:
             self.dispatch = None
             self.hooks.emit("after_wave", self.ctx, report)
@@ -302,8 +332,9 @@ class Coordinator:
         self.rollbacks = compensate(
             self.app, self.store, self.cid, outcomes.values(), self.registry, wave=wave
         )
-        self.files.rollbacks(self.rollbacks)
         self.outcomes.update(self.store.outcomes(self.cid, [e.task_id for e in self.rollbacks]))
+        changed = self.files.rollbacks(self.rollbacks, self.outcomes)  # the wave files say so too
+        self.wave_summaries = summaries_after(self.wave_summaries, self.outcomes, changed)
         self._flush_transitions()
         done = sum(1 for e in self.rollbacks if e.status == "rolled_back")
         self.console.print(f"rolled back {done} task(s); see {OutputWriter.ROLLBACKS}")

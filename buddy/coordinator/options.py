@@ -11,10 +11,12 @@ import secrets
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
+from buddy.analysis.monitor import MonitorConfig
 from buddy.models import CampaignStatus, Mode, TaskStatus, utcnow
 from buddy.safety.gates import EscalationPolicy
 
@@ -69,9 +71,53 @@ class SystemClock:
         time.sleep(seconds)
 
 
+#: The events a webhook can receive.
+NotifyEvent = Literal["approval_requested", "paused", "resumed", "aborted", "finished"]
+ALL_EVENTS: frozenset[NotifyEvent] = frozenset(
+    {"approval_requested", "paused", "resumed", "aborted", "finished"}
+)
+#: Longest wait between two attempts of one document, seconds.
+MAX_BACKOFF_S = 60.0
+
+
+class NotifyConfig(BaseModel):
+    """Where and how to notify (``notify:`` in campaign.yaml, ``--notify-url``).
+
+    - ``url``: the webhook, ``http://`` or ``https://``.
+    - ``events``: the events sent (default: all of ``NotifyEvent``).
+    - ``timeout_s`` (10): seconds one POST may take (connect, send, read), then it is retried.
+    - ``retries`` (5): retries of a document after its first attempt, then it is dropped.
+    - ``backoff_s`` (1): seconds before the first retry, doubled for each next one.
+    - ``flush_s`` (5): seconds ``after_campaign`` waits for the queue to empty.
+    - ``headers``: added to each POST (e.g. ``Authorization``); never logged.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: HttpUrl
+    events: frozenset[NotifyEvent] = ALL_EVENTS
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    retries: int = Field(default=5, ge=0, le=20)
+    backoff_s: float = Field(default=1.0, ge=0, le=MAX_BACKOFF_S)
+    flush_s: float = Field(default=5.0, ge=0, le=60)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def shown(self) -> str:
+        """The webhook as logs show it: scheme and host, never its path (a token)."""
+        parts = urlsplit(str(self.url))
+        return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+
 class CampaignOptions(BaseModel):
     """How one campaign runs. Seconds for every ``*_s``; ``wave_timeout_s`` overrides the
-    computed wave deadline; ``max_fail_percentage`` is 0–100; ``min_health`` a 0–100 score."""
+    computed wave deadline; ``max_fail_percentage`` is 0–100; ``min_health`` a 0–100 score;
+    ``lock_timeout_s`` how long the system lock may pause a live campaign before it ends
+    ``aborted`` (None: wait for ``buddy unlock``); ``auto_lock`` whether the monitor's
+    ``unsafe_escalation`` locks the system; ``monitor`` the anomaly thresholds and health
+    weights (campaign.yaml ``monitor:``); ``notify`` the webhook that hears of approvals,
+    pauses and the end (:mod:`buddy.coordinator.notify`; not stored with the campaign: its
+    headers may hold a token)."""
 
     mode: Mode = Mode.MOCK
     workdir: Path = Field(default_factory=Path.cwd)
@@ -94,4 +140,8 @@ class CampaignOptions(BaseModel):
     wave_timeout_s: float | None = None
     optimize: bool = True
     min_health: float | None = None
+    lock_timeout_s: float | None = None
+    auto_lock: bool = True
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    notify: NotifyConfig | None = None
     resume: bool = False

@@ -15,6 +15,7 @@ import dataclasses
 import secrets
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, chord
@@ -79,6 +80,8 @@ class WaveSender:
         clock: Clock,
         console: Console,
         settings: Settings,
+        *,
+        pause: Callable[[int], float] | None = None,
     ) -> None:
         self.ctx = ctx
         self.cid = ctx.campaign_id
@@ -92,6 +95,7 @@ class WaveSender:
         self.clock = clock
         self.console = console
         self.settings = settings
+        self.pause = pause  # holds while the campaign must pause; returns the seconds paused
         broker = settings.broker_url
         self.stalls = StallWatch(
             Claims(self.store.r),
@@ -171,7 +175,8 @@ class WaveSender:
         empty when complete.
 
         Raises :class:`CampaignAborted` on an abort request (``buddy abort``). A failed chord
-        (its body will not run) is not fatal: the wave closes from the outcomes in Redis."""
+        (its body will not run) is not fatal: the wave closes from the outcomes in Redis.
+        While the campaign is paused (``pause``) the deadline stands still."""
         deadline = self.clock.monotonic() + sending.deadline_s
         last_check = float("-inf")
         while True:
@@ -194,6 +199,10 @@ class WaveSender:
             if now - last_check < 1.0:
                 continue
             last_check = now
+            if self.pause is not None and (paused_s := self.pause(n)):
+                deadline += paused_s
+                last_check = self.clock.monotonic()
+                continue
             if self.stalls.due():
                 self.resend_stalled(n, sending)
             abort = self.store.campaign(self.cid).get("abort_requested")

@@ -9,6 +9,8 @@ computed deadline (hours for long tools) instead of seconds:
   stopped. When only a pool child died, Celery's ``task_reject_on_worker_lost`` requeues the
   message and the next delivery takes the claim over; when the whole worker died, kombu's
   Redis transport keeps the message "unacked" until the visibility timeout;
+- **a dead batch**: the tasks of that attempt's message that were not claimed yet (tasks
+  are claimed right before each runs) are as stalled as the one that was running;
 - **a lost message**: kombu's Redis transport pops a message (``BRPOP``) and records it as
   unacked in a separate step, so a worker killed between the two drops it. The task then has
   no claim, its queue is empty and no worker holds its message unacked.
@@ -86,6 +88,13 @@ class StallWatch:
                 unclaimed.append(tid)
             elif claim.state == "running" and now - (claim.heartbeat or claim.started_at) >= self.stale_s:
                 seen[tid] = f"its attempt on {claim.worker} stopped heartbeating"
+        # a batch whose running attempt died died whole: its tasks not yet claimed (tasks are
+        # claimed one by one, right before each runs) will not run from that delivery either
+        dead = {pending[t].message_id: seen[t] for t in seen}
+        for tid in unclaimed:
+            if pending[tid].message_id in dead:
+                seen[tid] = f"its batch's worker died ({dead[pending[tid].message_id]})"
+        unclaimed = [t for t in unclaimed if t not in seen]
         if unclaimed and self.redis_broker:
             held = self._held_messages(pending, unclaimed)
             for tid in unclaimed:

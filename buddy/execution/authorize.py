@@ -3,8 +3,8 @@
 :class:`Authorizer` is the part of :class:`buddy.execution.executor.Executor` that decides,
 before anything is claimed, which tasks of a batch may run at all (README, "Execution"):
 
-* the campaign must be recorded ``running`` in Redis and each task recorded as sent in this
-  wave with this exact message (:meth:`buddy.state.store.Store.record_dispatch`, a digest of
+* the campaign must be recorded ``running`` (or ``paused``) in Redis and each task recorded
+  as sent in this wave with this exact message (:meth:`buddy.state.store.Store.record_dispatch`, a digest of
   the task's spec); anything else is refused (``on_refused``: the worker dead-letters it) and
   gets no outcome;
 * a HIGH or CRITICAL task that would run live also needs an ``approved`` record in
@@ -53,13 +53,17 @@ class Authorizer:
     ) -> tuple[list[TaskSpec], int]:
         """The specs the coordinator dispatched in this wave, as sent, and how many were
         refused (those go to ``on_refused``)."""
-        if batch.campaign_status != "running":
+        if batch.campaign_status not in ("running", "paused"):
             why = (
                 f"campaign {cid} does not exist"
                 if batch.campaign_status is None
                 else f"campaign {cid} is {batch.campaign_status}, not running"
             )
-            return [], self.refuse(cid, wave, agent_id, specs, why)
+            # a held task's message coming back after its campaign ended it (cancelled at a
+            # --lock-timeout): nothing to run, nothing to dead-letter
+            ended = [s for s in specs if s.task_id in batch.outcomes]
+            rest = [s for s in specs if s.task_id not in batch.outcomes]
+            return ended, self.refuse(cid, wave, agent_id, rest, why) if rest else 0
         kept: list[TaskSpec] = []
         refused: list[TaskSpec] = []
         if digests is None or len(digests) != len(specs):

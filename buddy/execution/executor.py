@@ -17,7 +17,12 @@ For each batch, then each of its tasks, in order:
    attempt died (``running``, stale) is taken over: the task runs again only if that is safe
    (mock/dry run, an idempotent tool, or a reversible one whose partial effect is rolled back
    first, under its leases), else it ends ``needs_review``.
-4. The system lock (``buddy lock``) degrades a live task to ``mock``.
+4. A task an operator cancelled (``buddy cancel``) ends ``cancelled`` without running. A
+   task of a paused campaign (``buddy pause``), or a live one while the system is locked
+   (``buddy lock``), does not start: it is *held* — no claim, no outcome, sent back through
+   the broker as a Celery retry every :data:`HOLD_RETRY_S` seconds until the pause ends (so
+   the wave's chord does not complete without it). Live tasks are checked again right
+   before each starts; nothing ever runs ``mock`` in a live one's place.
 5. The tool runs in the task's mode, a live one under its fenced write leases; tool errors
    become outcomes: ``ToolDeniedError`` → ``denied``, ``ToolTimeoutError`` → ``timed_out``, a
    retryable error with attempts left → retried (Celery ``retry`` with the policy's backoff),
@@ -60,6 +65,9 @@ __all__ = ["BatchResult", "Executor", "RefusedHook"]
 
 log = logging.getLogger("buddy.execution")
 
+#: Seconds before a held task (its campaign paused) is delivered again (Celery ``countdown``).
+HOLD_RETRY_S = 1.0
+
 
 @dataclass
 class BatchResult:
@@ -67,13 +75,15 @@ class BatchResult:
 
     ``done`` pairs each finished task id with its final status; ``retry`` holds the specs to
     run again after ``retry_delay_s`` seconds (the longest backoff among them); ``refused``
-    counts the tasks that were not run because nobody dispatched them.
+    counts the tasks that were not run because nobody dispatched them; ``held`` names the ones
+    not started because their campaign is paused (they are in ``retry`` too).
     """
 
     done: list[tuple[str, str]] = field(default_factory=list)
     retry: list[TaskSpec] = field(default_factory=list)
     retry_delay_s: float = 0.0
     refused: int = 0
+    held: list[str] = field(default_factory=list)
 
 
 class Executor:
@@ -170,16 +180,23 @@ class Executor:
             if have is not None:
                 res.done.append((spec.task_id, have.status.value))
                 continue
-            run = self._prepare(campaign_id, wave, agent_id, spec, batch.claims.get(spec.task_id), batch.lock)
+            if spec.task_id in batch.cancelled:
+                flushed.append(self._cancel(Run(cid=campaign_id, wave=wave, agent_id=agent_id, spec=spec)))
+                continue
+            if batch.pause is not None or (batch.lock is not None and spec.mode is Mode.LIVE):
+                res.held.append(spec.task_id)
+                continue
+            run = self._prepare(campaign_id, wave, agent_id, spec, batch.claims.get(spec.task_id))
             (flushed if run.outcome is not None else runs).append(run)
         self.authorizer.check_approvals(campaign_id, runs, flushed)
         runs = [r for r in runs if r.outcome is None]
         pending.extend(r.outcome for r in flushed if r.outcome is not None)
-        now = self.clock()
+        now, stale = self.clock(), self.stale_s
         self.keeper.acquire_many(
             campaign_id,
             wave,
-            [r for r in runs if r.repeatable and not held(r.claim_raw, now, self.stale_s)],
+            # live ones are claimed one by one, each right after its pause check
+            [r for r in runs if r.repeatable and not r.effectful and not held(r.claim_raw, now, stale)],
             delivery,
         )
         self.store.add_in_flight(agent_id, len(runs))
@@ -187,6 +204,17 @@ class Executor:
         try:
             for run in runs:
                 tid = run.spec.task_id
+                if run.effectful and not run.claimed:
+                    lock, pause, cancelled = self.store.task_gate(campaign_id, tid)
+                    if cancelled:
+                        self._cancel(run)
+                    elif lock is not None or pause is not None:
+                        res.held.append(tid)
+                        continue
+                if run.outcome is not None:
+                    pending.append(run.outcome)
+                    flushed.append(run)
+                    continue
                 if not run.claimed:
                     other = self.keeper.acquire(run, delivery)
                     if other is not None:
@@ -206,7 +234,7 @@ class Executor:
                         run, TaskStatus.QUEUED, f"retry in {retry_after:.2f} s after {last.error_type}"
                     )
                     retries.append(run)
-                    res.retry.append(sent[tid])  # as sent: a lock's mock copy would not match
+                    res.retry.append(sent[tid])
                     res.retry_delay_s = max(res.retry_delay_s, retry_after)
                     continue
                 run.outcome = outcome
@@ -218,14 +246,20 @@ class Executor:
             self._flush(pending, flushed, res)
             self.keeper.to_retry_wait(campaign_id, wave, retries)
             self.store.add_in_flight(agent_id, -len(runs))
+        if res.held:  # back to the broker, as sent, until the pause ends
+            res.retry.extend(sent[t] for t in res.held)
+            res.retry_delay_s = max(res.retry_delay_s, HOLD_RETRY_S)
         return res
 
-    def _prepare(
-        self, cid: str, wave: int, agent_id: str, spec: TaskSpec, claim_raw: bytes | None, lock: str | None
-    ) -> Run:
+    def _cancel(self, run: Run) -> Run:
+        """End ``run`` ``cancelled``: an operator cancelled it before it started (``buddy cancel``)."""
+        run.outcome = self.attempts.outcome(
+            run, TaskStatus.CANCELLED, error=("cancelled", "cancelled by an operator before it started")
+        )
+        return run
+
+    def _prepare(self, cid: str, wave: int, agent_id: str, spec: TaskSpec, claim_raw: bytes | None) -> Run:
         """The run of ``spec``; ``run.outcome`` is set when the task ends here without running."""
-        if lock and spec.mode is not Mode.MOCK:
-            spec = spec.model_copy(update={"mode": Mode.MOCK, "mode_reason": f"system locked: {lock}"})
         run = Run(cid=cid, wave=wave, agent_id=agent_id, spec=spec)
         try:
             run.contract = self.registry.get(spec.tool)

@@ -181,6 +181,14 @@ class FleetCollector(Collector):
             failed.add_metric([a], float(info.failed))
         yield from (live, age, in_flight, processed, failed)
 
+        locked = GaugeMetricFamily(
+            "buddy_system_locked",
+            "1 while the system lock is set (buddy lock, or the monitor's unsafe_escalation): "
+            "no task starts live and live campaigns are paused.",
+        )
+        locked.add_metric([], 1.0 if self.store.system_lock() is not None else 0.0)
+        yield locked
+
 
 def error_budget(failures: int, max_failures: int | None) -> float:
     """Fraction 0–1 of the allowed failures left: ``(max_failures - failures) / max_failures``.
@@ -230,6 +238,17 @@ class CampaignMetrics:
         self.lease_contention = Counter(
             "buddy_lease_contention", "Lease tries that found the resource held by another task.", registry=r
         )
+        self.paused = Gauge(
+            "buddy_campaign_paused",
+            "1 while the campaign is paused, by why (lock: the system lock; operator: buddy pause).",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("lock", "operator"):
+            self.paused.labels(kind=kind)
+        self.paused_seconds = Counter(
+            "buddy_campaign_paused_seconds", "Seconds the campaign spent paused (ended pauses).", registry=r
+        )
         self.fleet = fleet
         if fleet is not None:
             r.register(fleet)
@@ -254,6 +273,13 @@ class CampaignMetrics:
     def set_error_budget(self, fraction: float) -> None:
         """Fraction 0–1 of the allowed failures left (clamped); see :func:`error_budget`."""
         self.error_budget.set(min(1.0, max(0.0, float(fraction))))
+
+    def set_paused(self, kind: str, paused: bool, seconds: float = 0.0) -> None:
+        """The campaign paused (``paused``) or went on after ``seconds`` paused, for ``kind``
+        (``lock`` or ``operator``)."""
+        self.paused.labels(kind=kind).set(1.0 if paused else 0.0)
+        if not paused and seconds > 0:
+            self.paused_seconds.inc(seconds)
 
     def inc_lease_contention(self, n: int = 1) -> None:
         """Add ``n`` (≥ 0) lease tries that found their resource held."""

@@ -68,6 +68,7 @@ def render_report(
     ]
     if summary.abort_reason:
         out.append(f"- abort reason: {summary.abort_reason}")
+    out += _pauses(summary)
     out += [
         f"- mode: {summary.mode.value}; strategy: {plan.strategy.value}",
         f"- plan: `{plan.path}` (sha256 {plan.digest[:16]}…), "
@@ -139,15 +140,21 @@ def render_report(
         if len(not_succeeded) > MAX_LISTED:
             out.append(f"\n… and {len(not_succeeded) - MAX_LISTED} more (see `executed_tasks.jsonl`).")
     if ctx.reports:
-        out += ["", "## Health, anomalies and recommendations", ""]
+        out += [
+            "",
+            "## Health, anomalies and recommendations",
+            "",
+            "Fleet success leaves out the tasks the fleet was not asked to run (skipped, denied, "
+            "cancelled); the Waves table above has every count.",
+            "",
+        ]
         out.append(
             _table(
                 [
                     "wave",
                     "health",
                     "status",
-                    "success",
-                    "throughput/s",
+                    "fleet success",
                     "p95 ms",
                     "schedule adherence",
                     "anomalies",
@@ -157,8 +164,7 @@ def render_report(
                         str(r.metrics.wave),
                         f"{r.health.score:.0f}",
                         str(r.health.status),
-                        f"{r.metrics.success_rate:.2f}",
-                        f"{r.metrics.throughput_tps:.1f}",
+                        f"{r.metrics.fleet_success:.2f}",
                         f"{r.metrics.latency_p95_ms:.0f}",
                         f"{r.metrics.schedule_adherence:.2f}",
                         ", ".join(a.type for a in r.anomalies) or "–",
@@ -199,6 +205,18 @@ def render_report(
             out.append(f"\nNot compensated (their effects stay; check them by hand): {listed}")
     out.append("")
     return "\n".join(out)
+
+
+def _pauses(summary: ExecutionSummary) -> list[str]:
+    """One line per pause (the system lock, ``buddy pause``): nothing started meanwhile."""
+    if not summary.pauses:
+        return []
+    total = sum(p.seconds or 0.0 for p in summary.pauses)
+    lines = [f"- paused {len(summary.pauses)} time(s), {total:.1f} s in all (no task started while paused):"]
+    for p in summary.pauses:
+        until = f"until {p.until:%H:%M:%S} UTC" if p.until else "until the campaign ended"
+        lines.append(f"  - wave {p.wave}: {p.describe()}; {until} ({p.seconds or 0.0:.1f} s)")
+    return lines
 
 
 def _safety(ctx: ReportContext) -> str:

@@ -3,13 +3,16 @@
 docs/architecture.md, "Execution modes and safety gates". A campaign started with ``--mode live`` runs a
 task live only if
 
-1. the system is not locked (``buddy lock``; else the task runs ``mock``),
+1. the system is not locked (``buddy lock``, or the monitor's ``unsafe_escalation``): while it
+   is, a live campaign pauses — nothing of it starts, nothing runs ``mock`` in its place —
+   and goes on where it stopped after ``buddy unlock`` (:mod:`buddy.coordinator.pausing`);
+   mock and dry-run campaigns are not affected,
 2. its confidence is at least the threshold for its tool's risk (:class:`EscalationPolicy`;
    defaults LOW 0.0, MEDIUM 0.6, HIGH 0.8; CRITICAL only with ``--allow-critical``), and
 3. for HIGH and CRITICAL, an operator approved it (``buddy approvals approve``), or
    ``--auto-approve`` covers its risk (never CRITICAL).
 
-A task that fails (1) runs ``mock``; one that fails (2) is degraded to ``dry_run``; one whose
+A task that fails (2) is degraded to ``dry_run``; one whose
 approval is denied, or not given within ``--approval-timeout``, ends ``denied`` and nothing
 of it runs. The outcome's ``mode`` and ``mode_reason`` say which gate applied.
 
@@ -22,6 +25,7 @@ operators racing cannot both decide.
 from __future__ import annotations
 
 import getpass
+import os
 import socket
 import time
 from collections.abc import Iterable
@@ -31,6 +35,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from buddy.models import Mode, Risk, utcnow
+from buddy.state.control import SystemLock
 from buddy.state.keys import PREFIX, _s
 from buddy.state.store import Store
 
@@ -83,12 +88,9 @@ def escalate(
     risk: Risk,
     confidence: float,
     policy: EscalationPolicy,
-    *,
-    locked: str | None = None,
 ) -> Gate:
-    """Apply gates 1 and 2 (lock, confidence/risk) to a task; gate 3 is the approval wait."""
-    if locked is not None:
-        return Gate(Mode.MOCK, f"system locked: {locked}")
+    """Apply gate 2 (confidence/risk) to a task; gate 1, the lock, pauses the whole campaign
+    instead, and gate 3 is the approval wait."""
     if campaign_mode is not Mode.LIVE:
         return Gate(campaign_mode, None)
     if risk is Risk.CRITICAL and not policy.allow_critical:
@@ -102,22 +104,42 @@ def escalate(
 # -- the system lock ---------------------------------------------------------------------------
 
 
-def lock(store: Store, reason: str, by: str | None = None) -> None:
-    """Lock the system: every campaign runs ``mock`` until :func:`unlock` (``SET buddy:lock:system``)."""
-    store.r.set(store.keys.system_lock(), f"{reason} (by {by or operator()} at {utcnow().isoformat()})")
+def lock(
+    store: Store, reason: str, by: str | None = None, evidence: dict[str, Any] | None = None
+) -> SystemLock:
+    """Lock the system: no task starts live and live campaigns pause until :func:`unlock`
+    (``SET buddy:lock:system NX``, JSON :class:`~buddy.state.control.SystemLock`). ``by``
+    defaults to this process's OS user (:func:`operator`). Returns the lock in force: an
+    earlier one is kept (its reason stays until someone unlocks)."""
+    new = SystemLock(reason=reason, by=by or operator(), evidence=evidence or {})
+    if store.set_system_lock(new):
+        return new
+    return store.system_lock() or new
 
 
-def unlock(store: Store) -> bool:
-    """Remove the lock; False when it was not set."""
-    return bool(store.r.delete(store.keys.system_lock()))
+def unlock(store: Store) -> SystemLock | None:
+    """Remove the lock; returns the lock that was set, None when there was none."""
+    return store.clear_system_lock()
 
 
 def operator() -> str:
-    """``user@host`` of the person running this process (who approved, denied or locked)."""
+    """``user@host`` of the person running this process (who approved, denied or locked):
+    the OS account of the process's real uid (``pwd``), not ``$USER`` / ``$LOGNAME``, which
+    anyone can set; ``uid<N>`` for a uid without an account. Where there is no ``pwd``
+    (Windows) the login name from :func:`getpass.getuser`."""
     try:
-        user = getpass.getuser()
-    except Exception:
-        user = "unknown"
+        import pwd
+
+        uid = os.getuid()
+        try:
+            user = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            user = f"uid{uid}"
+    except ImportError:
+        try:
+            user = getpass.getuser()
+        except Exception:
+            user = "unknown"
     return f"{user}@{socket.gethostname()}"
 
 
@@ -125,7 +147,13 @@ def operator() -> str:
 
 
 class Approval(BaseModel):
-    """An approval request and its decision (``buddy approvals list`` shows these)."""
+    """An approval request and its decision (``buddy approvals list`` shows these).
+
+    ``by`` is who decided, never free text: ``user@host`` of the OS account that ran ``buddy
+    approvals approve|deny`` (:func:`operator`), ``approver <qualname>`` (the Python API's
+    callable), ``auto-approve`` or ``coordinator`` (the timeout); ``reason`` is the
+    operator's ``--comment`` (or the approver's, the timeout's).
+    """
 
     campaign_id: str
     task_id: str

@@ -73,6 +73,10 @@ class Keys:
     def system_lock() -> str:
         return f"{PREFIX}lock:system"
 
+    @staticmethod
+    def cancel(cid: str) -> str:
+        return f"{PREFIX}campaign:{cid}:cancel"
+
 
 def _s(v: bytes | str | None) -> str | None:
     """A stored value as text (None stays None), whether the client decodes responses or not."""

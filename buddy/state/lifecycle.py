@@ -24,6 +24,8 @@ Edges beyond the happy path, and why:
 - ``needs_review → succeeded | failed | queued``: an operator's ``buddy review`` decision.
 - ``validated → succeeded | failed | timed_out | needs_review | lost``: a deduplicated task
   (``duplicate_irreversible`` resolved by ``deduplicate``) takes its twin's outcome; it never runs.
+- ``validated | awaiting_approval | approved | queued → cancelled``: ``buddy cancel`` before
+  the task started, or the campaign ended by ``--lock-timeout`` before it ran.
 - ``running → running`` does not exist: a redelivered attempt keeps the state it had.
 """
 
@@ -52,11 +54,12 @@ LEGAL: dict[TaskStatus, frozenset[TaskStatus]] = {
             S.TIMED_OUT,
             S.NEEDS_REVIEW,
             S.LOST,
+            S.CANCELLED,
         }
     ),
-    S.AWAITING_APPROVAL: frozenset({S.APPROVED, S.DENIED}),
-    S.APPROVED: frozenset({S.QUEUED, S.SKIPPED}),
-    S.QUEUED: frozenset({S.RUNNING, S.SKIPPED, S.FAILED, S.NEEDS_REVIEW, S.DENIED, S.LOST}),
+    S.AWAITING_APPROVAL: frozenset({S.APPROVED, S.DENIED, S.CANCELLED}),
+    S.APPROVED: frozenset({S.QUEUED, S.SKIPPED, S.CANCELLED}),
+    S.QUEUED: frozenset({S.RUNNING, S.SKIPPED, S.FAILED, S.NEEDS_REVIEW, S.DENIED, S.LOST, S.CANCELLED}),
     S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.TIMED_OUT, S.DENIED, S.NEEDS_REVIEW, S.QUEUED, S.LOST}),
     S.SUCCEEDED: frozenset({S.ROLLED_BACK}),
     S.FAILED: frozenset({S.ROLLED_BACK}),
@@ -66,6 +69,7 @@ LEGAL: dict[TaskStatus, frozenset[TaskStatus]] = {
     S.SKIPPED: frozenset(),
     S.ROLLED_BACK: frozenset(),
     S.LOST: frozenset({S.QUEUED, S.SUCCEEDED, S.FAILED}),
+    S.CANCELLED: frozenset(),
 }
 
 

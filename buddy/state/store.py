@@ -40,6 +40,7 @@ import redis
 
 from buddy.models import Outcome, RollbackEvent, TaskStatus, WaveSummary, utcnow
 from buddy.state.agents import AgentState
+from buddy.state.control import CampaignControl, PauseRequest, SystemLock
 from buddy.state.keys import Keys, _b, _s
 from buddy.state.lifecycle import Transition
 
@@ -59,19 +60,23 @@ class BatchState:
     """What :meth:`Store.begin_batch` read for a batch, in one round trip.
 
     ``outcomes``: the tasks that already have one; ``claims``: their claim values as stored
-    (:mod:`buddy.state.claims`); ``lock``: the system lock's reason or None; ``campaign_status``:
-    the campaign hash's ``status`` (None: no such campaign); ``dispatched``: task id →
-    ``<wave>:<digest>`` for the tasks the coordinator recorded (:meth:`Store.record_dispatch`).
+    (:mod:`buddy.state.claims`); ``lock``: the system lock or None; ``pause``: the campaign's
+    pause request or None; ``cancelled``: the batch's tasks an operator cancelled;
+    ``campaign_status``: the campaign hash's ``status`` (None: no such campaign);
+    ``dispatched``: task id → ``<wave>:<digest>`` for the tasks the coordinator recorded
+    (:meth:`Store.record_dispatch`).
     """
 
     outcomes: dict[str, Outcome]
     claims: dict[str, bytes]
-    lock: str | None
+    lock: SystemLock | None
     campaign_status: str | None
     dispatched: dict[str, str]
+    pause: PauseRequest | None = None
+    cancelled: frozenset[str] = frozenset()
 
 
-class Store(AgentState):
+class Store(AgentState, CampaignControl):
     """Buddy's Redis state. ``client`` is any redis-py compatible client (fakeredis in unit tests).
 
     ``events_maxlen`` caps each campaign's event stream (``XADD MAXLEN ~``);
@@ -194,7 +199,9 @@ class Store(AgentState):
         pipe.get(self.keys.system_lock())
         pipe.hget(self.keys.campaign(cid), "status")
         pipe.hmget(self.keys.dispatched(cid), task_ids)
-        outs, claims, lock, status, sent = pipe.execute()
+        pipe.hget(self.keys.campaign(cid), "pause_requested")
+        pipe.hmget(self.keys.cancel(cid), task_ids)
+        outs, claims, lock, status, sent, pause, cancel = pipe.execute()
         return BatchState(
             outcomes={
                 t: Outcome.model_validate_json(v)
@@ -202,9 +209,11 @@ class Store(AgentState):
                 if v is not None
             },
             claims={t: _b(v) for t, v in zip(task_ids, claims, strict=True) if v is not None},
-            lock=_s(lock),
+            lock=SystemLock.parse(lock),
             campaign_status=_s(status),
             dispatched={t: _s(v) or "" for t, v in zip(task_ids, sent, strict=True) if v is not None},
+            pause=self.pause_state_of(pause),
+            cancelled=frozenset(t for t, who in zip(task_ids, cancel, strict=True) if who is not None),
         )
 
     def record_dispatch(self, cid: str, wave: int, items: Iterable[Mapping[str, Any]]) -> None:
@@ -305,10 +314,18 @@ class Store(AgentState):
         return {t: json.loads(v) for t, v in zip(ids, vals, strict=True) if v is not None}
 
     def replace_outcome(self, outcome: Outcome, move: Transition) -> None:
-        """Overwrite a final outcome (a compensation turned it ``rolled_back``) with its transition."""
+        """Overwrite a final outcome (a compensation turned it ``rolled_back``) with its
+        transition, and move the wave's status counters with it (``buddy status`` counts it
+        as what it is now)."""
+        cid, wave = outcome.campaign_id, self.keys.wave(outcome.campaign_id, outcome.wave)
         pipe = self.r.pipeline(transaction=False)
-        pipe.hset(self.keys.outcomes(outcome.campaign_id), outcome.task_id, outcome.model_dump_json())
-        self.push_transitions(outcome.campaign_id, [move], pipe)
+        pipe.hset(self.keys.outcomes(cid), outcome.task_id, outcome.model_dump_json())
+        self.push_transitions(cid, [move], pipe)
+        if move.from_state is not move.to_state:
+            pipe.hincrby(wave, f"status:{move.from_state.value}", -1)
+            pipe.hincrby(wave, f"status:{move.to_state.value}", 1)
+            if move.from_state is TaskStatus.SUCCEEDED:
+                pipe.hincrby(wave, "failed", 1)
         pipe.execute()
 
     def forget_outcome(self, cid: str, task_id: str, move: Transition) -> None:
@@ -369,9 +386,3 @@ class Store(AgentState):
         pipe.delete(self.keys.transitions(cid))
         rows, _ = pipe.execute()
         return [_b(x) for x in rows]
-
-    # -- system lock ---------------------------------------------------------------------
-
-    def lock_reason(self) -> str | None:
-        """The system lock's reason, or None when unlocked."""
-        return _s(self.r.get(self.keys.system_lock()))

@@ -1,8 +1,9 @@
 """The shape of the ``buddy`` command and the connection options every command shares.
 
-:class:`buddy.cli.context.CliContext` resolves ``--redis-url`` / ``BUDDY_REDIS_URL`` /
-127.0.0.1:6379 and ``--broker-url`` / ``BUDDY_BROKER_URL`` once; nothing here connects to
-127.0.0.1:6379 (the default is only resolved, never probed). Probing a wrong Redis is
+:class:`buddy.cli.context.CliContext` resolves ``--redis-url`` / ``BUDDY_REDIS_URL`` / a running
+embedded Redis (``test_embedded_state.py``) / 127.0.0.1:6379 and ``--broker-url`` /
+``BUDDY_BROKER_URL`` once; nothing here connects to 127.0.0.1:6379 (the default is only
+resolved, never probed). Probing a wrong Redis is
 ``tests/unit/infra/test_redis_errors.py``'s subject.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +26,13 @@ from buddy.infra.transport import DEFAULT_REDIS_URL
 
 runner = CliRunner()
 
+
+@pytest.fixture(autouse=True)
+def _no_embedded_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No state file of a running embedded Redis (this machine's campaigns) is seen here."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+
 #: Every command of ``buddy`` and its flags, in the order ``buddy --help`` lists them.
 COMMANDS: dict[str, set[str]] = {
     "validate": {"--schedule", "--config", "--agents", "--strategy", "--workdir", "--tools", "--conflict",
@@ -31,7 +40,8 @@ COMMANDS: dict[str, set[str]] = {
     "run": {"--schedule", "--config", "--agents", "--strategy", "--mode", "--workdir", "--out",
             "--redis-url", "--broker-url", "--local-workers", "--batch-size", "--worker-wait", "--tools",
             "--conflict", "--progress", "--no-progress", "--allow-critical", "--auto-approve",
-            "--approval-timeout", "--max-fail-percentage", "--min-health", "--optimize", "--no-optimize",
+            "--approval-timeout", "--max-fail-percentage", "--min-health", "--lock-timeout", "--auto-lock", "--no-auto-lock", "--notify-url",
+            "--optimize", "--no-optimize",
             "--max-failures", "--rollback-on-abort", "--rollback-scope", "--wave-timeout", "--metrics-port",
             "--metrics-address", "--root"},
     "resume": {"--plan", "--schedule", "--config", "--redis-url", "--local-workers", "--tools", "--progress",
@@ -43,6 +53,9 @@ COMMANDS: dict[str, set[str]] = {
     "rollback": {"--wave", "--timeout", "--redis-url", "--tools"},
     "lock": {"--reason", "--redis-url"},
     "unlock": {"--redis-url"},
+    "pause": {"--reason", "--redis-url"},
+    "unpause": {"--redis-url"},
+    "cancel": {"--redis-url"},
     "worker": {"--agent", "--concurrency", "-c", "--pool", "-P", "--name", "-n", "--redis-url", "--broker-url",
                "--tools", "--loglevel", "-l", "--local", "--inject-failure-rate", "--coordinator-queue",
                "--no-coordinator-queue", "--root"},
@@ -56,8 +69,8 @@ COMMANDS: dict[str, set[str]] = {
 SUBCOMMANDS: dict[str, dict[str, set[str]]] = {
     "approvals": {
         "list": {"--pending", "--json", "--redis-url"},
-        "approve": {"--wave", "--reason", "--by", "--redis-url"},
-        "deny": {"--reason", "--wave", "--by", "--redis-url"},
+        "approve": {"--wave", "--comment", "-m", "--reason", "--by", "--redis-url"},
+        "deny": {"--comment", "-m", "--reason", "--wave", "--by", "--redis-url"},
     },
     "deadletter": {
         "list": {"--limit", "-n", "--json", "--redis-url"},

@@ -1,19 +1,32 @@
 """Approvals: an ``approver`` callable, an operator deciding in Redis, and the timeout, all
-measured by a fake clock (nothing sleeps). :class:`ApprovalWaiter` alone runs against
+measured by a fake clock (nothing sleeps); what the campaign hash and the hooks say while
+tasks wait, and the commands the coordinator prints. :class:`ApprovalWaiter` alone runs against
 fakeredis and the private Redis; whole campaigns against the private Redis."""
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from buddy.coordinator.approvals import ApprovalRequest, ApprovalWaiter, Approver
+from buddy.config import get_settings
+from buddy.coordinator.approvals import (
+    APPROVAL_WAIT_FIELD,
+    ApprovalRequest,
+    ApprovalWait,
+    ApprovalWaiter,
+    Approver,
+    approval_commands,
+    hint_redis_url,
+)
 from buddy.coordinator.hooks import CampaignContext, HookRunner
 from buddy.coordinator.options import EXIT_FAILURES, EXIT_OK, CampaignOptions
-from buddy.models import AgentSpec, Mode, Risk, TaskStatus
+from buddy.infra.redis_server import EmbeddedRedis
+from buddy.infra.transport import redis_client
+from buddy.models import AgentSpec, Mode, Risk, TaskStatus, utcnow
 from buddy.plan.build import build_plan
 from buddy.safety.gates import Approvals
 from buddy.state.store import Store
@@ -164,6 +177,80 @@ def test_operators_decide_in_redis_while_the_coordinator_waits(store: Store, tmp
     assert denied == [("rm-y", "approval denied by op2", "operator op2")]
     assert clock.slept == [0.25, 0.25, 0.25]  # read again after each sleep; no wait past the last decision
     assert w.hook.approvals == [(2, 0, 0), (1, 1, 0), (1, 1, 0), (0, 1, 1)]
+
+
+class Requested(Recorder):
+    """A recorder that also keeps what ``on_approval_request`` got."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requested: list[tuple[list[ApprovalRequest], datetime]] = []
+
+    def on_approval_request(self, ctx: Any, requests: list[ApprovalRequest], timeout_at: datetime) -> None:
+        self.requested.append((requests, timeout_at))
+
+
+def test_while_tasks_wait_the_campaign_says_so_and_the_hook_hears_once(store: Store, tmp_path: Path) -> None:
+    w = Waiting(store, tmp_path, "x", "y")
+    hook = Requested()
+    clock = FakeClock(now=0.0)
+    seen: list[dict[str, str]] = []
+    operators = Approvals(store)
+
+    def operator(now: float) -> None:
+        seen.append(store.campaign(CID))
+        if len(clock.slept) == 2:
+            operators.decide(CID, ["rm-x", "rm-y"], "approved", by="op")
+
+    clock.on_sleep.append(operator)
+    before = utcnow()
+    w.wait(ApprovalWaiter(Approvals(store), clock, HookRunner([hook]), timeout_s=30.0, poll_s=0.25))
+
+    [(requests, timeout_at)] = hook.requested  # once, though the waiter polled three times
+    assert [(r.task_id, r.tool, r.risk, r.wave, r.agent) for r in requests] == [
+        ("rm-x", "file.delete", Risk.HIGH, 1, "a1"), ("rm-y", "file.delete", Risk.HIGH, 1, "a1")
+    ]  # fmt: skip
+    assert before + timedelta(seconds=30) <= timeout_at <= utcnow() + timedelta(seconds=30)
+    wait = ApprovalWait.model_validate_json(seen[0][APPROVAL_WAIT_FIELD])
+    assert (wait.wave, wait.tasks, wait.task_ids, wait.timeout_at) == (1, 2, ["rm-x", "rm-y"], timeout_at)
+    assert wait.describe() == (
+        f"waiting for approval (2 tasks, wave 1, times out at {timeout_at:%Y-%m-%d %H:%M:%S} UTC)"
+    )
+    assert APPROVAL_WAIT_FIELD not in store.campaign(CID)  # removed once decided
+
+
+def test_an_operator_decision_recorded_before_the_approver_answers_counts(
+    store: Store, tmp_path: Path
+) -> None:
+    w = Waiting(store, tmp_path, "x")
+
+    def slow_yes(request: ApprovalRequest) -> bool:
+        Approvals(store).decide(CID, [request.task_id], "denied", by="op@host", reason="not today")
+        return True  # too late: the record says denied
+
+    denied = w.wait(ApprovalWaiter(Approvals(store), FakeClock(), w.hooks, timeout_s=30.0, approver=slow_yes))
+
+    assert w.approved == []
+    assert denied == [("rm-x", "approval denied by op@host: not today", "operator op@host")]
+
+
+def test_the_hint_names_the_redis_only_when_a_pasted_command_needs_it(
+    redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    embedded = Store(redis_client(redis_server.url))
+    assert hint_redis_url(CampaignOptions(embedded=True), embedded) == (redis_server.url, "")
+    other = CampaignOptions(redis_display="redis://fleet:6379/0")
+    assert hint_redis_url(other, embedded) == ("redis://fleet:6379/0", "")
+    monkeypatch.setenv("BUDDY_REDIS_URL", "redis://fleet:6379/0")
+    get_settings.cache_clear()
+    assert hint_redis_url(other, embedded) == (None, "")  # the configured default: found without it
+    url, note = hint_redis_url(CampaignOptions(redis_display="redis://:***@vault:6379/0"), embedded)
+    assert url is None and "redis://:***@vault:6379/0" in note and "password is not printed" in note
+    assert approval_commands("c-1", 2, redis_server.url) == (
+        f"buddy approvals list c-1 --redis-url {redis_server.url}",
+        f"buddy approvals approve c-1 --wave 2 --redis-url {redis_server.url}",
+    )
+    assert approval_commands("c 1", 2, None)[1] == "buddy approvals approve 'c 1' --wave 2"
 
 
 # -- in a campaign -------------------------------------------------------------------------

@@ -84,3 +84,19 @@ def test_without_a_redis_broker_unclaimed_tasks_are_not_judged() -> None:
     watch.check(CID, pending)
     clock.now += 20
     assert set(watch.check(CID, pending)) == {"dead"}
+
+
+def test_the_unclaimed_tasks_of_a_dead_batch_are_due_with_it() -> None:
+    r, watch, clock, _ = setup()
+    # one message of three tasks: the first ran and its worker died; the next two were
+    # never claimed (claimed one by one), and the dead worker still holds the message unacked
+    pending = {t: Sent("a1", "m-held", {"task_id": t, "tool": "noop"}) for t in ("dead", "next1", "next2")}
+    other = {"own": Sent("a1", "m-held-2", {"task_id": "own", "tool": "noop"})}
+    r.hset(
+        UNACKED_KEY, "tag-2", json.dumps([{"headers": {"id": "m-held-2"}, "body": ""}, "", "buddy.agent.a1"])
+    )
+    watch.check(CID, pending | other)
+    clock.now += 10
+    due = watch.check(CID, pending | other)
+    assert set(due) == {"dead", "next1", "next2"}  # not `own`: its message is held by a live worker
+    assert "batch's worker died" in due["next1"] and "w2" in due["next1"]

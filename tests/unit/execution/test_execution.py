@@ -1,4 +1,5 @@
-"""Executor.run_batch: claims, redelivery, modes, errors as outcomes, retries, rollback, the lock.
+"""Executor.run_batch: claims, redelivery, modes, errors as outcomes, retries, rollback, the lock,
+pauses and cancels.
 
 Each test runs on fakeredis and on the session's real Redis (the ``store`` fixture) with a
 private :class:`ToolRegistry` of test tools that count their calls.
@@ -282,17 +283,77 @@ def test_dry_run_returns_the_preview(store: Store, tools: Tools, ex: Executor, m
     assert stored(store, "t2").result == {"would_run": "t.fail", "args": {"n": 0, "path": ""}}
 
 
-def test_system_lock_degrades_live_to_mock(store: Store, tools: Tools, ex: Executor, make_spec) -> None:
-    store.r.set(Keys.system_lock(), "incident 42")
-    run(ex, make_spec("t1", "t.ok", n=3), make_spec("t2", "t.once"), make_spec("t3", "t.ok", Mode.DRY_RUN))
-    assert tools.calls == []
-    for tid in ("t1", "t2", "t3"):
-        o = stored(store, tid)
-        assert o.status is TaskStatus.SUCCEEDED
-        assert o.mode is Mode.MOCK
-        assert o.mode_reason is not None
-        assert "lock" in o.mode_reason and "incident 42" in o.mode_reason
-    assert stored(store, "t1").result == {"n": -1}
+def test_system_lock_holds_live_tasks_and_lets_the_others_run(
+    store: Store, tools: Tools, ex: Executor, make_spec
+) -> None:
+    store.r.set(Keys.system_lock(), "incident 42")  # a plain string (set by hand) is a reason too
+    specs = [make_spec("t1", "t.ok", n=3), make_spec("t2", "t.once"), make_spec("t3", "t.ok", Mode.DRY_RUN)]
+    res = run(ex, *specs)
+    assert tools.calls == []  # nothing live ran, and nothing ran mock in its place
+    assert res.held == ["t1", "t2"]
+    assert [s.task_id for s in res.retry] == ["t1", "t2"] and res.retry_delay_s >= 1.0
+    assert set(store.outcomes(CID)) == {"t3"}  # held tasks have no outcome...
+    assert stored(store, "t3").mode is Mode.DRY_RUN
+    assert store.begin_batch(CID, ["t1", "t2"]).claims == {}  # ...and no claim
+    assert store.wave_counters(CID, WAVE).get("running", "0") == "0"
+    store.clear_system_lock()
+    again = ex.run_batch(CID, WAVE, AGENT, res.retry)  # the retry, after `buddy unlock`
+    assert sorted(again.done) == [("t1", "succeeded"), ("t2", "succeeded")]
+    assert stored(store, "t1").mode is Mode.LIVE and stored(store, "t1").result == {"n": 3}
+
+
+def test_a_lock_set_during_a_batch_holds_its_next_live_task(store: Store, tools: Tools, make_spec) -> None:
+    ex = Executor(store, tools.reg, worker="w1", claim_ttl_s=600, clock=lambda: 1000.0)
+    original = ex.attempts.execute
+
+    def execute(r: Any) -> Any:
+        got = original(r)
+        store.r.set(Keys.system_lock(), '{"reason": "freeze", "by": "ops@h"}')
+        return got
+
+    ex.attempts.execute = execute  # type: ignore[method-assign]
+    res = run(ex, make_spec("a", "t.ok", n=1), make_spec("b", "t.ok", n=2))
+    assert res.done == [("a", "succeeded")] and res.held == ["b"]
+    assert set(store.outcomes(CID)) == {"a"}
+
+
+def test_a_paused_campaign_holds_every_task(store: Store, tools: Tools, ex: Executor, make_spec) -> None:
+    from buddy.state.control import PauseRequest
+
+    dispatch(store, make_spec("m", "t.ok", Mode.MOCK))
+    store.request_pause(CID, PauseRequest(reason="look first", by="ops@h"))
+    res = run(ex, make_spec("m", "t.ok", Mode.MOCK), make_spec("l", "t.ok"))
+    assert res.held == ["m", "l"] and store.outcomes(CID) == {}
+    store.update_campaign(CID, status="paused")  # what the coordinator records meanwhile
+    assert ex.run_batch(CID, WAVE, AGENT, res.retry).held == ["m", "l"]  # not refused
+    assert store.clear_pause(CID)
+    assert sorted(ex.run_batch(CID, WAVE, AGENT, res.retry).done) == [("l", "succeeded"), ("m", "succeeded")]
+
+
+def test_a_cancelled_task_ends_cancelled_without_running(
+    store: Store, tools: Tools, ex: Executor, make_spec
+) -> None:
+    dispatch(store, make_spec("x", "t.ok"))
+    store.request_cancel(CID, ["x", "y"], by="ops@h")
+    res = run(ex, make_spec("x", "t.ok"), make_spec("y", "t.ok", Mode.MOCK), make_spec("z", "t.ok"))
+    assert tools.calls == [("t.ok", "z", 1)]
+    assert sorted(res.done) == [("x", "cancelled"), ("y", "cancelled"), ("z", "succeeded")]
+    o = stored(store, "x")
+    assert o.status is TaskStatus.CANCELLED and o.error_type == "cancelled" and o.attempts == 0
+    assert store.wave_counters(CID, WAVE)["status:cancelled"] == "2"
+
+
+def test_a_held_task_of_an_ended_campaign_is_not_dead_lettered(
+    store: Store, tools: Tools, ex: Executor, make_spec
+) -> None:
+    refused: list[Any] = []
+    ex.on_refused = lambda *a: refused.append(a)
+    spec = make_spec("x", "t.ok")
+    store.request_cancel(CID, ["x"], by="ops@h")
+    run(ex, spec)
+    store.update_campaign(CID, status="aborted")
+    assert ex.run_batch(CID, WAVE, AGENT, [spec]).done == [("x", "cancelled")]
+    assert refused == []
 
 
 def test_mode_reason_is_carried_into_the_outcome(store: Store, ex: Executor, make_spec) -> None:

@@ -41,9 +41,7 @@ def test_thresholds_are_configurable() -> None:
     assert escalate(Mode.LIVE, Risk.MEDIUM, 0.3, policy).mode is Mode.LIVE
 
 
-def test_lock_wins_over_everything_and_other_modes_pass_through() -> None:
-    gate = escalate(Mode.LIVE, Risk.LOW, 1.0, P, locked="freeze")
-    assert gate.mode is Mode.MOCK and "freeze" in (gate.reason or "")
+def test_other_modes_pass_through() -> None:
     assert escalate(Mode.DRY_RUN, Risk.HIGH, 0.0, P).mode is Mode.DRY_RUN
     assert escalate(Mode.MOCK, Risk.CRITICAL, 0.0, P).mode is Mode.MOCK
 
@@ -57,11 +55,21 @@ def test_auto_approve_never_covers_critical() -> None:
 
 
 def test_lock_and_unlock(store: Store) -> None:
-    assert store.lock_reason() is None
-    lock(store, "maintenance", by="ops@host")
-    assert "maintenance" in (store.lock_reason() or "") and "ops@host" in (store.lock_reason() or "")
-    assert unlock(store) is True
-    assert store.lock_reason() is None and unlock(store) is False
+    assert store.system_lock() is None
+    got = lock(store, "maintenance", by="ops@host", evidence={"drift": 0.6})
+    assert (got.reason, got.by, got.evidence) == ("maintenance", "ops@host", {"drift": 0.6})
+    assert store.system_lock() == got
+    # the first lock stays until someone unlocks: a second one does not replace its reason
+    assert lock(store, "other", by="x@y") == got
+    assert "maintenance, by ops@host, since" in got.describe()
+    assert unlock(store) == got
+    assert store.system_lock() is None and unlock(store) is None
+
+
+def test_lock_by_defaults_to_the_os_user(store: Store) -> None:
+    import getpass
+
+    assert lock(store, "freeze").by.startswith(getpass.getuser() + "@")
 
 
 def test_approval_request_decide_once_and_expire(store: Store) -> None:

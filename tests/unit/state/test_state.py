@@ -17,6 +17,7 @@ import buddy.state.agents
 import buddy.state.store
 from buddy.models import Mode, Outcome, StatusCounts, TaskStatus, WaveSummary
 from buddy.state.claims import Claim, Claims
+from buddy.state.control import PauseRequest
 from buddy.state.keys import Keys
 from buddy.state.store import Store, spec_digest
 
@@ -290,9 +291,18 @@ def test_begin_batch_returns_outcomes_claims_lock_and_dispatch(store: Store) -> 
     assert got.campaign_status == "running"
     assert got.dispatched == {"c": f"3:{spec_digest(item)}"}
 
+    assert got.pause is None and got.cancelled == frozenset()
+
     store.r.set(Keys.system_lock(), "maintenance window")
-    assert store.begin_batch(CID, ["c"]).lock == "maintenance window"
-    assert store.lock_reason() == "maintenance window"
+    lock = store.begin_batch(CID, ["c"]).lock
+    assert lock is not None and lock.reason == "maintenance window"
+    assert (store.system_lock() or lock).reason == lock.reason == "maintenance window"
+    store.request_pause(CID, PauseRequest(reason="wait", by="ops@h"))
+    store.request_cancel(CID, ["c", "zz"], by="ops@h")
+    again = store.begin_batch(CID, ["a", "c"])
+    assert again.pause is not None and (again.pause.reason, again.pause.by) == ("wait", "ops@h")
+    assert again.cancelled == {"c"}
+    assert store.cancel_requested(CID, ["a", "c", "zz"]) == {"c": "ops@h", "zz": "ops@h"}
     assert store.begin_batch("nope", ["c"]).campaign_status is None
 
 
