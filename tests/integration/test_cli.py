@@ -157,9 +157,10 @@ def _marker(p: Proc) -> str | None:
     (it changes into ``--dir``), a worker's ``BUDDY_REDIS_URL`` socket directory."""
     try:
         if "redis-server" in p.cmdline:
-            # its title names the socket (``unixsocket:<dir>/redis.sock``); its working
-            # directory is ``--dir`` only once it changed into it, not right after the spawn
-            named = re.search(r"unixsocket:(\S+)", p.cmdline)
+            # its command line names the socket (``--unixsocket <dir>/redis.sock``, then its
+            # title ``unixsocket:<dir>/redis.sock``); its working directory is ``--dir`` only
+            # once it changed into it, not right after the spawn
+            named = re.search(r"unixsocket[: ](\S+)", p.cmdline)
             return str(Path(named.group(1)).parent) if named else os.readlink(f"/proc/{p.pid}/cwd")
         env = Path(f"/proc/{p.pid}/environ").read_bytes().split(b"\0")
     except OSError:
