@@ -26,6 +26,8 @@ from buddy.analysis.metrics import (
     fleet_failure,
     judged,
     percentile,
+    performance,
+    unavailable,
 )
 from buddy.analysis.outcomes import agent_key, executed
 from buddy.analysis.signals import MAX_LISTED
@@ -87,6 +89,7 @@ def campaign_metrics(waves: Sequence[WaveMetrics], outcomes: Iterable[Outcome]) 
         m.tasks, m.succeeded = counts.total, counts.succeeded
         fleet = [o for o in outs if judged(o)]
         m.fleet_judged, m.fleet_failures = len(fleet), sum(fleet_failure(o) for o in fleet)
+        m.unavailable = sum(unavailable(o) for o in fleet)
         m.rolled_back = sum(
             executed(o) and (o.rolled_back or o.status is TaskStatus.ROLLED_BACK) for o in outs
         )
@@ -130,7 +133,22 @@ def campaign_metrics(waves: Sequence[WaveMetrics], outcomes: Iterable[Outcome]) 
     m.failure_patterns = dict(sorted(patterns.items()))
     m.agents = dict(sorted(agents.items()))
     m.tools = dict(sorted(tools.items()))
+    _seed_metrics(m, waves)
     return m
+
+
+def _seed_metrics(m: CampaignMetrics, waves: Sequence[WaveMetrics]) -> None:
+    """The source documents' metrics of the campaign (:class:`~buddy.analysis.metrics.Metrics`),
+    from the sums already in ``m`` and the waves' own performance."""
+    m.availability = 1.0 - m.unavailable / m.fleet_judged if m.fleet_judged else 1.0
+    m.accuracy = m.predicted_correct / m.calibration.n if m.calibration.n else 1.0
+    attempts = sum(t.attempts for t in m.tools.values())
+    failed = sum(t.failed_attempts for t in m.tools.values())
+    m.tool_success_rate = clip01(1.0 - failed / attempts) if attempts else 1.0
+    m.execution_latency_ms = mean_duration_ms(m.busy_s * 1000.0, m.executed)
+    m.performance = performance(m.fleet_success, m.optimization_efficiency)
+    later = [w.learning_impact for w in waves[1:]]
+    m.learning_impact = sum(later) / len(later) if later else 0.0
 
 
 _SUMMED = (
@@ -157,6 +175,8 @@ _SUMMED = (
     "live_failed_unrolled",
     "live_judged",
     "live_drift_sum",
+    "unavailable",
+    "predicted_correct",
 )
 _AGENT_SUMMED = (
     "tasks",

@@ -15,9 +15,11 @@ Definitions (units in brackets; per-agent counts, mean duration and success rate
     *attempts* of an outcome: ``max(attempts, failed attempts, 1)``; *failed attempts*: the
     distinct attempt numbers in ``errors``.
 
-    Prediction verdict: the prediction says "succeeds" when ``predicted ≥ 0.5``; a true/false
-    positive/negative against the actual result. ``confidence_delta = actual − predicted``
-    (positive: the prediction was too pessimistic).
+    Prediction verdict: the prediction says "succeeds" when ``predicted ≥ 0.5``
+    (:data:`~buddy.analysis.metrics.DECISION_THRESHOLD`); a true/false positive/negative
+    against the actual result. ``confidence_delta = actual − predicted`` (positive: the
+    prediction was too pessimistic). The wave's calibration signal adds the verdict counts
+    and ``accuracy`` [0–1] = true verdicts / predicted executed tasks (the metric's).
     Agent ``performance_score`` [0–1]: ``0.6 · success_rate + 0.4 · speed_score``, where
     ``speed_score`` is the fastest agent's mean duration in the wave divided by this agent's
     (0 for an agent that ran nothing).
@@ -36,20 +38,21 @@ from pydantic import BaseModel, Field
 
 from buddy.analysis.agents import tally_agents
 from buddy.analysis.calibration import Calibration, calibration_of
+from buddy.analysis.metrics import DECISION_THRESHOLD
 from buddy.analysis.outcomes import COORDINATION_ERRORS, attempts_of, error_types, executed, failed_attempts
 from buddy.analysis.signals import (
     SIGNAL_TARGETS,
     LearningSignal,
+    SeedIds,
     SignalType,
     approval_signal,
     conflict_signal,
     evidence_confidence,
     mode_signal,
+    seed_ids,
+    shared_seed_ids,
 )
 from buddy.models import Fraction, Outcome, TaskStatus, utcnow
-
-#: A prediction at or above this says "the task succeeds".
-DECISION_THRESHOLD = 0.5
 
 Verdict = Literal["true_positive", "true_negative", "false_positive", "false_negative"]
 
@@ -375,8 +378,10 @@ def analyze_wave(
     cal = calibration_of(outcomes, predicted)
     running = state.calibration if wave in state.waves else state.calibration.merge(cal)
     signals: list[LearningSignal] = []
+    shared = shared_seed_ids(outcomes)
+    own: dict[str, SeedIds] = {o.task_id: seed_ids(o) for o in outcomes if any(seed_ids(o))}
 
-    def emit(kind: SignalType, content: dict[str, Any], confidence: float) -> None:
+    def emit(kind: SignalType, content: dict[str, Any], confidence: float, ids: SeedIds = shared) -> None:
         signals.append(
             LearningSignal(
                 signal_type=kind,
@@ -386,12 +391,16 @@ def analyze_wave(
                 generated_at=now,
                 campaign_id=campaign_id,
                 wave=wave,
+                phase21_plan_id=ids[0],
+                phase22_validation_id=ids[1],
             )
         )
 
     for p in preds:
-        emit("prediction_validation", {"kind": "task", **p.model_dump(mode="json")}, 1.0)
+        ids = own.get(p.task_id, (None, None))
+        emit("prediction_validation", {"kind": "task", **p.model_dump(mode="json")}, 1.0, ids)
     if cal.n:
+        verdicts = Counter(p.verdict for p in preds)
         emit(
             "prediction_validation",
             {
@@ -401,6 +410,8 @@ def analyze_wave(
                     "brier": cal.brier,
                     "ece": cal.ece,
                     "bias": cal.mean_predicted - cal.observed,
+                    "accuracy": (verdicts["true_positive"] + verdicts["true_negative"]) / cal.n,
+                    "verdicts": dict(sorted(verdicts.items())),
                 },
                 "running": {"n": running.n, "brier": running.brier, "ece": running.ece},
             },

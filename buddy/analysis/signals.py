@@ -9,6 +9,12 @@ to is :mod:`buddy.outputs.analysis_files` (docs/architecture.md, "Learning betwe
 Signal ``confidence`` (0–1): ``n / (n + 5)`` for a signal backed by ``n`` observations
 (5 → 0.5, 45 → 0.9); 1.0 for one task's own prediction check, a recorded fact.
 
+The seeds' ids (``phase21_plan_id``, ``phase22_validation_id``, :data:`buddy.models.SEED_IDS`)
+a plan line carries reach its signals: a signal about one task (:func:`per_task`) carries the
+task's; any other signal of a wave carries an id when every outcome of the wave that has one
+has the same (the usual case: a plan from one Phase 21 plan, :func:`shared_seed_ids`), else
+none. Absent ids are left out of the JSON.
+
 The ``*_signal`` functions here build the signals of a whole wave that are not one record
 per agent, tool or task; :func:`buddy.analysis.feedback.analyze_wave` calls them with its
 collector (:data:`Emit`).
@@ -24,7 +30,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from buddy.analysis.outcomes import CONFLICT_ERRORS, error_types, executed
-from buddy.models import Fraction, Mode, Outcome, TaskStatus
+from buddy.models import Fraction, Mode, Outcome, TaskStatus, seed_id_field
 
 #: ``n`` at which a signal's confidence ``n / (n + k)`` reaches one half.
 EVIDENCE_HALF = 5
@@ -58,6 +64,8 @@ SIGNAL_TARGETS: dict[str, Phase] = {
 }
 #: How a wave's analysis hands a signal (type, content, confidence) to its collector.
 Emit = Callable[[SignalType, dict[str, Any], float], None]
+#: ``(phase21_plan_id, phase22_validation_id)`` of a task or a wave; None where absent.
+SeedIds = tuple[str | None, str | None]
 
 
 class LearningSignal(BaseModel):
@@ -70,6 +78,29 @@ class LearningSignal(BaseModel):
     generated_at: datetime
     campaign_id: str = ""
     wave: int | None = None
+    phase21_plan_id: str | None = seed_id_field("the Phase 21 plan id of the signal's tasks")
+    phase22_validation_id: str | None = seed_id_field("the Phase 22 validation id of the signal's tasks")
+
+
+def per_task(s: LearningSignal) -> bool:
+    """True for a signal about one task (a ``prediction_validation`` of kind ``task``): there
+    is one per executed task, so files that hold a phase's summary leave them out."""
+    return s.signal_type == "prediction_validation" and s.content.get("kind") == "task"
+
+
+def seed_ids(o: Outcome) -> SeedIds:
+    """The outcome's ``(phase21_plan_id, phase22_validation_id)``."""
+    return o.phase21_plan_id, o.phase22_validation_id
+
+
+def shared_seed_ids(outcomes: Sequence[Outcome]) -> SeedIds:
+    """Each seed id the outcomes that carry one all share (None: none carries it, or they differ)."""
+    plans = {o.phase21_plan_id for o in outcomes if o.phase21_plan_id is not None}
+    checks = {o.phase22_validation_id for o in outcomes if o.phase22_validation_id is not None}
+    return (
+        next(iter(plans)) if len(plans) == 1 else None,
+        next(iter(checks)) if len(checks) == 1 else None,
+    )
 
 
 def evidence_confidence(n: int) -> float:

@@ -62,6 +62,8 @@ class TaskMoves:
             error_type=error_type,
             error_msg=reason,
             tool=pt.task.tool,
+            phase21_plan_id=pt.task.phase21_plan_id,
+            phase22_validation_id=pt.task.phase22_validation_id,
         )
 
     def take(self) -> list[Transition]:

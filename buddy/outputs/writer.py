@@ -36,6 +36,8 @@ class OutputWriter:
     TUNED = "tuned_parameters.jsonl"
     SIGNALS = "learning_signals.jsonl"
     FEEDBACK = "feedback"
+    #: in ``feedback/<phase>/``: the seeds' name of this system's feedback to that phase
+    PHASE22_FEEDBACK = "phase22_feedback.jsonl"
 
     def __init__(self, root: Path) -> None:
         self.root = root

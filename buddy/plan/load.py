@@ -1,7 +1,10 @@
 """Reading a plan, from a JSONL file or from memory, and its schedule, one line at a time.
 
 A *plan* is a JSONL file, one :class:`~buddy.models.PlanTask` per line (README, "Plan
-format"); blank lines and lines starting with ``#`` are ignored. A plan may also be given
+format"); blank lines and lines starting with ``#`` are ignored. Besides Buddy's own fields a
+line may carry the seeds' ``phase21_plan_id`` and ``phase22_validation_id`` (strings of 1–128
+characters), which ride along into the task's message, outcome and learning signals
+(:data:`~buddy.models.SEED_IDS`); any other unknown field is an error. A plan may also be given
 in memory, as an iterable of dicts in the same format or of pydantic models with those
 fields (e.g. :class:`~buddy.models.PlanTask`): each item is written as one canonical JSON
 line (:func:`canonical_lines`) and then checked exactly as a file line is, its 1-based

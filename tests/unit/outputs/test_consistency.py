@@ -25,6 +25,7 @@ from buddy.analysis.campaign_metrics import campaign_metrics
 from buddy.analysis.feedback import analyze_wave
 from buddy.analysis.health import HealthReport, health
 from buddy.analysis.metrics import WaveMetrics
+from buddy.analysis.targets import judge_targets, predictions_given
 from buddy.analysis.wave import WaveReport
 from buddy.analysis.wave_metrics import compute_wave_metrics
 from buddy.models import (
@@ -201,6 +202,12 @@ def run_campaign(root: Path) -> ExecutionSummary:
         wall_s=20.0,
         health=final.score,
         health_status=final.status,
+        targets=judge_targets(
+            cm,
+            final,
+            [r.metrics for r in reports],
+            predictions=predictions_given(pt.task for pt in p.tasks.values()),
+        ),
     )
     failed = [x for x in everything if x.status is not S.SUCCEEDED]
     md = render_report(summary, p, failed, ReportContext(reports=reports))
@@ -299,6 +306,25 @@ def test_every_file_shows_the_same_numbers(tmp_path: Path) -> None:
     assert summary["health"] == pytest.approx(system["health"]["score"])
     assert [h["wave"] for h in system["history"]] == [1, 2]
     assert WaveMetrics.model_validate(metrics[-1]).running_calibration.n == 7
+    # the seeds' fields of system_health.json say the same as its own
+    assert system["wave"] == 2
+    assert system["health_score"] == summary["health"] == system["health"]["score"]
+    assert system["health_status"] == summary["health_status"] == system["health"]["status"]
+
+    # -- targets: execution_summary.json, report.md and the campaign's numbers -----------------------
+    targets = {t["name"]: t for t in summary["targets"]}
+    assert targets["success_rate"]["value"] == pytest.approx(system["metrics"]["fleet_success"])
+    assert targets["health"]["value"] == pytest.approx(system["health_score"])
+    assert targets["schedule_accuracy"]["value"] == pytest.approx(system["metrics"]["schedule_adherence"])
+    assert targets["throughput"]["value"] == pytest.approx(system["metrics"]["throughput_tps"])
+    verdict = {True: "met", False: "**missed**", None: "not judged"}
+    md_targets = {r[0]: r for r in md_table(md, "Targets")}
+    assert list(md_targets) == list(targets)
+    for name, t in targets.items():
+        assert md_targets[name][1] == t["target"] and md_targets[name][3] == verdict[t["met"]]
+    # 3 of the 8 tasks the fleet was judged on failed (t2, t8 and the lost t9): missed
+    assert targets["success_rate"]["met"] is False
+    assert targets["throughput"]["met"] is None  # 7 tasks in 2 waves cannot make 35 tasks/s
 
 
 def test_summary_and_metrics_agree_wave_by_wave() -> None:
