@@ -98,6 +98,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: The ids of the source documents' other phases a plan line may carry: the Phase 21 plan it
+#: came from and the Phase 22 validation it belongs to. They ride along from the plan line to
+#: the message (:class:`TaskSpec`), the outcome (:class:`Outcome`) and the learning signals.
+SEED_IDS = ("phase21_plan_id", "phase22_validation_id")
+
+
+def _is_none(value: object) -> bool:
+    return value is None
+
+
+def seed_id_field(description: str) -> Any:
+    """A field of :data:`SEED_IDS` on a record that crosses a process: None by default, and
+    left out of every dump while None, so a record without it serializes (and a message item
+    digests, :func:`buddy.state.store.spec_digest`) exactly as before these fields existed.
+    Field-level ``exclude_if`` is pydantic ≥ 2.12's; an older pydantic would write them as
+    ``null`` (consistently on both sides of a message, but no longer the old digest)."""
+    return Field(default=None, exclude_if=_is_none, description=description)
+
+
 class ResourceClaim(_Strict):
     """A claim a task makes on a named resource: ``write`` is exclusive, ``read`` shared."""
 
@@ -111,7 +130,10 @@ class PlanTask(_Strict):
     Bounds: ``wave`` an int in 1..:data:`MAX_WAVE`; ``priority`` an int in 0..100;
     ``predicted_success`` and ``confidence`` finite floats in 0..1. Plan lines are read
     strictly: a float is not an int (``"wave": 2.0`` and ``"wave": 1e30`` are errors).
-    ``args`` are checked by the tool's own args model.
+    ``args`` are checked by the tool's own args model. ``phase21_plan_id`` and
+    ``phase22_validation_id`` (1–128 characters, optional) are the seeds' ids of the Phase 21
+    plan and the Phase 22 validation the line belongs to; Buddy does not interpret them, it
+    carries them into the task's outcome and learning signals (:data:`SEED_IDS`).
     """
 
     task_id: str
@@ -125,6 +147,8 @@ class PlanTask(_Strict):
     predicted_success: Fraction = 0.5
     confidence: Fraction = 0.5
     trigger_rule: Literal["all_success", "all_done"] = "all_success"
+    phase21_plan_id: str | None = Field(default=None, min_length=1, max_length=128)
+    phase22_validation_id: str | None = Field(default=None, min_length=1, max_length=128)
 
     @field_validator("task_id")
     @classmethod
@@ -181,7 +205,13 @@ COORDINATOR_QUEUE = "buddy.coordinator"
 
 
 class TaskSpec(BaseModel):
-    """What the coordinator sends a worker for one task (inside a batch message)."""
+    """What the coordinator sends a worker for one task (inside a batch message).
+
+    ``phase21_plan_id`` / ``phase22_validation_id``: the plan line's (:data:`SEED_IDS`), left
+    out of the message while None. ``max_attempts`` / ``timeout_s``: the agent tuner's
+    attempts and timeout (seconds) for the task's agent; the worker applies them only below
+    the tool contract's own (:mod:`buddy.optimizer.tuner`), left out while None.
+    """
 
     task_id: str
     tool: str
@@ -192,6 +222,10 @@ class TaskSpec(BaseModel):
     planned_agent: str | None = None
     planned_wave: int | None = None
     claims: list[ResourceClaim] = Field(default_factory=list)
+    phase21_plan_id: str | None = seed_id_field("the plan line's Phase 21 plan id")
+    phase22_validation_id: str | None = seed_id_field("the plan line's Phase 22 validation id")
+    max_attempts: int | None = Field(default=None, ge=1, exclude_if=_is_none)
+    timeout_s: float | None = Field(default=None, gt=0, exclude_if=_is_none)
 
 
 class AttemptError(BaseModel):
@@ -220,7 +254,9 @@ class Outcome(BaseModel):
     (skipped, denied at the gate, cancelled, lost, revoked); ``mode`` the mode it ran (or
     would have run) in, never ``live`` for work that ran otherwise. ``fencing_token`` is the
     lease token the task held; ``current_fencing_token`` the resource's newest token when a
-    lease was found lost (``lease_lost``, ``stale_commit``).
+    lease was found lost (``lease_lost``, ``stale_commit``). ``phase21_plan_id`` /
+    ``phase22_validation_id``: the plan line's (:data:`SEED_IDS`), from the task's message;
+    left out of the JSON while None.
     """
 
     task_id: str
@@ -243,6 +279,8 @@ class Outcome(BaseModel):
     rolled_back: bool = False
     fencing_token: int | None = None
     current_fencing_token: int | None = None
+    phase21_plan_id: str | None = seed_id_field("the plan line's Phase 21 plan id")
+    phase22_validation_id: str | None = seed_id_field("the plan line's Phase 22 validation id")
 
 
 class RollbackEvent(BaseModel):
@@ -402,8 +440,29 @@ class Pause(BaseModel):
         return f"paused by {self.by}: {self.reason}, since {since}"
 
 
+class Target(BaseModel):
+    """One of the source documents' performance targets, judged for a campaign
+    (:mod:`buddy.analysis.targets` says how each is measured and when it is not judged).
+
+    ``target``: the goal as text (``≥ 0.90``, ``0.70–1.00``); ``low`` / ``high``: its bounds
+    (None: open), in the unit of ``value``; ``value``: the campaign's measure (None: nothing
+    to measure); ``met``: True or False, None when not judged; ``why``: what the verdict
+    rests on, in a sentence.
+    """
+
+    name: str
+    target: str
+    low: float | None = None
+    high: float | None = None
+    unit: str = ""
+    value: float | None
+    met: bool | None
+    why: str
+
+
 class ExecutionSummary(BaseModel):
-    """``execution_summary.json``: totals, per agent, per wave, start and end."""
+    """``execution_summary.json``: totals, per agent, per wave, start and end; ``targets``: the
+    source documents' performance targets, met, missed or not judged (:class:`Target`)."""
 
     campaign_id: str
     status: CampaignStatus
@@ -419,3 +478,4 @@ class ExecutionSummary(BaseModel):
     health: float | None = None
     health_status: str | None = None
     pauses: list[Pause] = Field(default_factory=list)
+    targets: list[Target] = Field(default_factory=list)

@@ -6,8 +6,11 @@ wave summaries (counts, executed, mean duration, wall time) are those of
 :func:`buddy.analysis.campaign_metrics.campaign_metrics` compute them; the monitor turns them
 into anomalies and a health score (docs/architecture.md, "Data flow").
 
-What the fleet is judged on (:func:`judged`, :func:`fleet_failure`) and the throughput
-window (:func:`throughput_window`) are defined here once.
+What the fleet is judged on (:func:`judged`, :func:`fleet_failure`, :func:`unavailable`),
+a prediction's verdict (:data:`DECISION_THRESHOLD`), the throughput window
+(:func:`throughput_window`) and a wave's performance (:func:`performance`) are defined here
+once. The source documents' metrics ``availability``, ``accuracy``, ``learning_impact``,
+``tool_success_rate`` and ``execution_latency_ms`` are among them, by those names.
 """
 
 from __future__ import annotations
@@ -32,6 +35,13 @@ FLEET_FAILURES = frozenset(
 #: The shortest throughput window, seconds: a wave that ran one task in 0.2 ms ran it at
 #: 1 task/s, not 5,000 (:func:`throughput_window`).
 MIN_WINDOW_S = 1.0
+#: A prediction at or above this says "the task succeeds" (``accuracy``, and the verdicts
+#: of :mod:`buddy.analysis.feedback`).
+DECISION_THRESHOLD = 0.5
+#: Error types that say no worker was there to finish the task: it died under it
+#: (``WorkerLost``) or its message was revoked (``revoked``); with status ``lost`` they make a
+#: task *unavailable* (:func:`unavailable`).
+UNAVAILABLE_ERRORS = frozenset({"WorkerLost", "revoked"})
 
 
 def judged(o: Outcome) -> bool:
@@ -44,6 +54,27 @@ def fleet_failure(o: Outcome) -> bool:
     ``needs_review``, or ``rolled_back`` with an error (an attempt that failed and undid its
     partial effect; a success compensated after an abort has no error and is not one)."""
     return o.status in FLEET_FAILURES or (o.status is TaskStatus.ROLLED_BACK and o.error_type is not None)
+
+
+def unavailable(o: Outcome) -> bool:
+    """True when the fleet was not there to run a judged task to its end: status ``lost``, or a
+    final error in :data:`UNAVAILABLE_ERRORS` (a worker died under it, its message was
+    revoked). The complement of ``availability``."""
+    return o.status is TaskStatus.LOST or o.error_type in UNAVAILABLE_ERRORS
+
+
+def prediction_correct(predicted: float, succeeded: bool) -> bool:
+    """True when the prediction's verdict (``predicted ≥`` :data:`DECISION_THRESHOLD`: "it
+    succeeds") matched the result."""
+    return (predicted >= DECISION_THRESHOLD) == succeeded
+
+
+def performance(fleet_success: float, optimization_efficiency: float) -> float:
+    """A wave's (or campaign's) performance, 0–1: ``fleet_success × optimization_efficiency``,
+    the share of its judged tasks that succeeded times how close its split came to the ideal
+    makespan. Both are normalized by the wave's size, so waves of different sizes compare;
+    ``learning_impact`` is its change since the first wave."""
+    return clip01(fleet_success) * clip01(optimization_efficiency)
 
 
 def throughput_window(
@@ -88,6 +119,12 @@ class AgentWaveMetrics(BaseModel):
     - ``predicted_n`` / ``predicted_sum`` / ``predicted_succeeded``: executed tasks with a
       prediction, the sum of their predictions, and how many of them succeeded.
     - ``latency_p95_ms`` / ``latency_p99_ms``: percentiles of ``duration_ms`` (ms).
+    - ``span_s``: the agent's own busy window: from its first executed ``start_time`` to the
+      latest ``start_time`` + ``duration_ms`` (seconds; 0 when nothing ran; per wave only, 0
+      in a campaign's rows): with ``concurrency`` it gives the agent's service rate, waits
+      between tasks included (:mod:`buddy.optimizer.scheduler`).
+    - ``tool_executed`` / ``tool_mean_ms``: per tool, the executed tasks and their mean
+      ``duration_ms`` on this agent (per wave only, empty in a campaign's rows).
     """
 
     agent_id: str
@@ -115,6 +152,9 @@ class AgentWaveMetrics(BaseModel):
     predicted_succeeded: int = 0
     latency_p95_ms: float = 0.0
     latency_p99_ms: float = 0.0
+    span_s: float = 0.0
+    tool_executed: dict[str, int] = Field(default_factory=dict)
+    tool_mean_ms: dict[str, float] = Field(default_factory=dict)
 
 
 class ToolWaveMetrics(BaseModel):
@@ -192,6 +232,23 @@ class Metrics(BaseModel):
       live_drift_sum / live_judged (0–1; 0 when none); ``live_drift_tasks``: their ids, worst
       first, at most 20 (``unsafe_escalation``).
     - ``failure_patterns``: ``"<tool>:<error_type>"`` → failed tasks that ended with that error.
+
+    The source documents' metrics (their names):
+
+    - ``availability``: 1 − unavailable / fleet_judged, where ``unavailable`` counts the judged
+      tasks no worker ran to their end (lost, a worker died under them, revoked:
+      :func:`unavailable`) (0–1; 1 when none is judged).
+    - ``accuracy``: predicted_correct / calibration.n: the share of the executed tasks with a
+      prediction whose verdict (predicted ≥ 0.5 ⇔ succeeded) was right (0–1; 1 when none).
+    - ``tool_success_rate``: (attempts − failed attempts) / attempts over the executed tasks'
+      tool calls, summed over ``tools``: every call counts, so a retry that repaired a failure
+      still counts the failed call (0–1; 1 when none ran).
+    - ``execution_latency_ms``: mean ``duration_ms`` of the executed tasks = busy_s × 1000 /
+      executed (ms, last attempt of each; 0 when none ran).
+    - ``performance``: fleet_success × optimization_efficiency (0–1, :func:`performance`).
+    - ``learning_impact``: performance − the first wave's performance (−1…1; 0 for the first
+      wave; for a campaign the mean over its later waves): what the waves after the first
+      gained, as the optimizer learned, on the first's assignment.
     """
 
     campaign_id: str = ""
@@ -247,6 +304,14 @@ class Metrics(BaseModel):
     live_drift: float = 0.0
     live_drift_tasks: list[str] = Field(default_factory=list)
     failure_patterns: dict[str, int] = Field(default_factory=dict)
+    unavailable: int = 0
+    availability: float = 1.0
+    predicted_correct: int = 0
+    accuracy: float = 1.0
+    tool_success_rate: float = 1.0
+    execution_latency_ms: float = 0.0
+    performance: float = 1.0
+    learning_impact: float = 0.0
     agents: dict[str, AgentWaveMetrics] = Field(default_factory=dict)
     tools: dict[str, ToolWaveMetrics] = Field(default_factory=dict)
 
@@ -254,11 +319,14 @@ class Metrics(BaseModel):
 class WaveMetrics(Metrics):
     """The metrics of one wave (a line of ``metrics.jsonl``); :class:`Metrics` defines each.
 
-    ``running_calibration`` merges this wave's calibration with every earlier wave's.
+    ``running_calibration`` merges this wave's calibration with every earlier wave's;
+    ``baseline_performance`` is the campaign's first wave's ``performance`` (carried from
+    wave to wave, as the calibration is; None in metrics written before it existed).
     """
 
     wave: int
     running_calibration: Calibration = Field(default_factory=Calibration)
+    baseline_performance: float | None = None
 
 
 class CampaignMetrics(Metrics):
@@ -266,8 +334,9 @@ class CampaignMetrics(Metrics):
 
     Sums are over waves; ``wall_s`` and ``window_s`` are Σ of the waves' (the time between
     waves, spent planning and waiting for approvals, is left out); ratios are recomputed from
-    the sums; counts by status, fleet counts and rollbacks are over the final outcomes of the
-    waves; latencies are over every executed outcome.
+    the sums; counts by status, fleet counts (``unavailable`` too) and rollbacks are over the
+    final outcomes of the waves; latencies are over every executed outcome;
+    ``learning_impact`` is the mean of the waves' after the first.
     """
 
     waves: int = 0

@@ -24,7 +24,10 @@ from buddy.analysis.metrics import (
     fleet_failure,
     judged,
     percentile,
+    performance,
+    prediction_correct,
     throughput_window,
+    unavailable,
 )
 from buddy.analysis.outcomes import (
     CONFLICT_ERRORS,
@@ -120,6 +123,19 @@ def compute_wave_metrics(
     ideal, assigned = _makespans(load_rows, ran, busy)
     # the latest earlier wave carries the running total of all before it
     running = previous[-1].running_calibration.merge(cal) if previous else cal
+    correct = sum(
+        prediction_correct(predicted[o.task_id], o.status is TaskStatus.SUCCEEDED)
+        for o in ran
+        if o.task_id in predicted
+    )
+    tools = _tools(ran)
+    tool_attempts = sum(t.attempts for t in tools.values())
+    tool_failed = sum(t.failed_attempts for t in tools.values())
+    fleet_ok = 1.0 - fleet_failed / len(fleet) if fleet else 1.0
+    efficiency = clip01(ideal / assigned) if assigned > 0 else 1.0
+    perf = performance(fleet_ok, efficiency)
+    baseline = _baseline(previous, perf)
+    unavailable_n = sum(unavailable(o) for o in fleet)
     return WaveMetrics(
         campaign_id=cid,
         wave=wave,
@@ -130,7 +146,7 @@ def compute_wave_metrics(
         success_rate=ratio(counts.succeeded, counts.total),
         fleet_judged=len(fleet),
         fleet_failures=fleet_failed,
-        fleet_success=1.0 - fleet_failed / len(fleet) if fleet else 1.0,
+        fleet_success=fleet_ok,
         wall_s=wall,
         window_s=window,
         throughput_tps=throughput_tps(len(ran), window),
@@ -165,7 +181,7 @@ def compute_wave_metrics(
         approval_rate=min(1.0, approvals_granted / approvals_requested) if approvals_requested else 1.0,
         ideal_makespan_s=ideal,
         assigned_makespan_s=assigned,
-        optimization_efficiency=clip01(ideal / assigned) if assigned > 0 else 1.0,
+        optimization_efficiency=efficiency,
         coordination_issues=coordination,
         upstream_failed=upstream,
         live_failed_unrolled=live_unrolled,
@@ -175,10 +191,28 @@ def compute_wave_metrics(
         live_drift=drift_sum / len(drift) if drift else 0.0,
         live_drift_tasks=[tid for _, tid in drift[:MAX_LISTED]],
         failure_patterns=dict(sorted(patterns.items())),
+        unavailable=unavailable_n,
+        availability=1.0 - unavailable_n / len(fleet) if fleet else 1.0,
+        predicted_correct=correct,
+        accuracy=correct / cal.n if cal.n else 1.0,
+        tool_success_rate=clip01(1.0 - tool_failed / tool_attempts) if tool_attempts else 1.0,
+        execution_latency_ms=busy * 1000.0 / len(ran) if ran else 0.0,
+        performance=perf,
+        learning_impact=perf - baseline,
         agents=agent_rows,
-        tools=_tools(ran),
+        tools=tools,
         running_calibration=running,
+        baseline_performance=baseline,
     )
+
+
+def _baseline(previous: Sequence[WaveMetrics], perf: float) -> float:
+    """The first wave's performance: carried by the latest earlier wave (the oldest earlier
+    wave's own when that one predates the field); ``perf`` itself for the first wave."""
+    if not previous:
+        return perf
+    carried = previous[-1].baseline_performance
+    return carried if carried is not None else previous[0].performance
 
 
 def _capable(agents: Sequence[AgentSpec], ran: Sequence[Outcome]) -> set[str]:
@@ -209,6 +243,11 @@ def _agent_metrics(
     retried = [o for o in ran if attempts_of(o) > 1]
     preds = [(predicted[o.task_id], o.status is TaskStatus.SUCCEEDED) for o in ran if o.task_id in predicted]
     durations = [o.duration_ms for o in ran]
+    timed = [(o.start_time.timestamp(), o.duration_ms / 1000.0) for o in ran if o.start_time is not None]
+    span = max(s + d for s, d in timed) - min(s for s, _ in timed) if timed else 0.0
+    by_tool: dict[str, list[float]] = {}
+    for o in ran:
+        by_tool.setdefault(o.tool or "-", []).append(o.duration_ms)
     return AgentWaveMetrics(
         agent_id=t.agent_id,
         wave=wave,
@@ -235,6 +274,9 @@ def _agent_metrics(
         predicted_succeeded=sum(y for _, y in preds),
         latency_p95_ms=percentile(durations, 95),
         latency_p99_ms=percentile(durations, 99),
+        span_s=max(0.0, span),
+        tool_executed={k: len(v) for k, v in sorted(by_tool.items())},
+        tool_mean_ms={k: sum(v) / len(v) for k, v in sorted(by_tool.items())},
     )
 
 

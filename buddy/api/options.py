@@ -56,6 +56,7 @@ class RunArgs(BaseModel):
     wave_timeout: float | None = Field(default=None, ge=1)
     lock_timeout: float | None = Field(default=None, gt=0)
     auto_lock: bool | None = None
+    fresh: bool = False
     notify_url: HttpUrl | None = None
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_address: str = "127.0.0.1"
@@ -162,6 +163,7 @@ def campaign_options(
         auto_lock=args.auto_lock if args.auto_lock is not None else config.auto_lock,
         monitor=config.monitor,
         notify=notify_config(args, config),
+        fresh=args.fresh,
     )
 
 

@@ -11,6 +11,7 @@ registered (``buddy --help`` lists the commands first, then the groups):
 - :mod:`buddy.cli.campaign`: ``validate``, ``run``, ``resume``
 - :mod:`buddy.cli.control`: ``status``, ``agents``, ``abort``, ``review``, ``rollback``
 - :mod:`buddy.cli.steer`: ``lock``, ``unlock``, ``pause``, ``unpause``, ``cancel``
+- :mod:`buddy.cli.profiles`: ``profiles``
 - :mod:`buddy.cli.approvals`: the ``approvals`` group
 - :mod:`buddy.cli.worker`: ``worker``, ``tools``
 - :mod:`buddy.cli.ops`: ``flower``, ``exporter``, ``doctor``, the ``deadletter`` group
@@ -26,7 +27,7 @@ import sys
 
 import typer
 
-from buddy.cli import approvals, campaign, control, ops, steer, worker
+from buddy.cli import approvals, campaign, control, ops, profiles, steer, worker
 from buddy.cli.context import EXIT_ABORTED, EXIT_INTERRUPTED, EXIT_INVALID, err, fail
 from buddy.config import get_settings
 from buddy.errors import BuddyError, ConfigError, ContractError, PlanError
@@ -44,6 +45,7 @@ app = typer.Typer(
 campaign.register(app)
 control.register(app)
 steer.register(app)
+profiles.register(app)
 approvals.register(app)  # typer lists the groups after the commands, in this order
 worker.register(app)
 ops.register(app)

@@ -187,6 +187,13 @@ def run(
             show_default=False,
         ),
     ] = None,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh",
+            help="Ignore the agent and tool profiles earlier campaigns left in Redis (buddy profiles).",
+        ),
+    ] = False,
     notify_url: Annotated[
         str | None,
         typer.Option(
@@ -266,6 +273,7 @@ def run(
         min_health=min_health,
         lock_timeout=lock_timeout,
         auto_lock=auto_lock,
+        fresh=fresh,
         notify_url=notify_url,
         optimize=optimize,
         max_failures=max_failures,

@@ -95,7 +95,10 @@ def status(
 
 
 def agents(redis_url: RedisOpt = None) -> None:
-    """Show every agent's state: status, live workers, in flight, processed, failed."""
+    """Show every agent's state: status, live workers, slots, in flight, processed, failed.
+
+    ``slots`` is the agent's capacity: the sum of its live workers' pool sizes (processes or
+    threads) as their last heartbeats reported them, each worker's in brackets."""
     cli = CliContext.connect(redis_url)
     store = cli.store
     with cli.redis_errors():
@@ -105,19 +108,22 @@ def agents(redis_url: RedisOpt = None) -> None:
             "queue",
             "status",
             "live workers",
+            "slots",
             "heartbeat age s",
             "in flight",
             "processed",
             "failed",
+            "params",
         ):
             table.add_column(col)
-        for aid in store.agent_ids():
-            a = store.agent_info(aid)
+        ids = store.agent_ids()
+        for aid, a in store.agents_info(ids).items():
             table.add_row(
                 aid,
                 agent_queue(aid),
                 a.status,
-                ", ".join(a.live_workers) or "–",
+                ", ".join(f"{w} [{a.pools[w]}]" if w in a.pools else w for w in a.live_workers) or "–",
+                str(a.capacity) if a.capacity is not None else "–",
                 f"{a.heartbeat_age_s:.1f}" if a.heartbeat_age_s is not None else "–",
                 str(a.in_flight),
                 str(a.processed),

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from buddy.analysis.agents import campaign_agents, status_counts
+from buddy.analysis.targets import judge_targets, predictions_given
 from buddy.coordinator.options import EXIT_CODES
 from buddy.coordinator.result import CampaignResult
 from buddy.models import (
@@ -58,7 +59,7 @@ def finish_campaign(c: Coordinator, status: CampaignStatus, abort_reason: str | 
         status = "succeeded" if all_ok else "finished_with_failures"
     exit_code = EXIT_CODES[status]
     end = utcnow()
-    _, final_health = c.learner.finish(list(c.outcomes.values()))
+    final_metrics, final_health = c.learner.finish(list(c.outcomes.values()))
     summary = ExecutionSummary(
         campaign_id=c.cid,
         status=status,
@@ -74,6 +75,13 @@ def finish_campaign(c: Coordinator, status: CampaignStatus, abort_reason: str | 
         health=final_health.score if final_health else None,
         health_status=final_health.status if final_health else None,
         pauses=c.pausing.pauses,
+        targets=judge_targets(
+            final_metrics,
+            final_health,
+            [r.metrics for r in c.learner.reports],
+            c.learner.monitor,
+            predictions=predictions_given(pt.task for pt in c.plan.tasks.values()),
+        ),
     )
     c._flush_transitions()
     if c.plan.conflicts is not None:
@@ -89,6 +97,7 @@ def finish_campaign(c: Coordinator, status: CampaignStatus, abort_reason: str | 
         max_failures=c.opts.max_failures,
         approvals=c.approvals.get(c.cid),
         rollbacks=c.rollbacks,
+        learned=c.learner.learned(),
         reports=c.learner.reports,
         optimizer=optimizer_markdown(c.learner.decisions, c.learner.changes, c.learner.adjustments)
         if c.opts.optimize

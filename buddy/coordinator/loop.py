@@ -145,6 +145,7 @@ class Coordinator:
             optimize=options.optimize,
             min_health=options.min_health,
             monitor=options.monitor,
+            fresh=options.fresh,
         )
 
     # -- the loop ------------------------------------------------------------------------
@@ -266,7 +267,8 @@ class Coordinator:
         self.store.start_wave(self.cid, n, dispatched=sent)
         if pre:
             self.store.record_outcomes(pre)
-        self.dispatch = self.sender.dispatch(n, to_send, gates) if sent else None
+        self.sender.limits = self.learner.limits()
+        self.dispatch = self.sender.dispatch(n, to_send, gates, self.learner.batch_sizes()) if sent else None
         self.files.assignments(n, tasks, gates, self.opts.mode, self.plan.strategy)  # while the workers start
         if self.dispatch is not None:
             self._flush_transitions(workers=False)  # likewise: this wave's moves so far are ours

@@ -117,7 +117,8 @@ class CampaignOptions(BaseModel):
     ``unsafe_escalation`` locks the system; ``monitor`` the anomaly thresholds and health
     weights (campaign.yaml ``monitor:``); ``notify`` the webhook that hears of approvals,
     pauses and the end (:mod:`buddy.coordinator.notify`; not stored with the campaign: its
-    headers may hold a token)."""
+    headers may hold a token); ``fresh`` ignores the agent and tool profiles earlier
+    campaigns left (:mod:`buddy.optimizer.memory`)."""
 
     mode: Mode = Mode.MOCK
     workdir: Path = Field(default_factory=Path.cwd)
@@ -144,4 +145,5 @@ class CampaignOptions(BaseModel):
     auto_lock: bool = True
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     notify: NotifyConfig | None = None
+    fresh: bool = False
     resume: bool = False

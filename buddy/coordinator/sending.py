@@ -15,7 +15,7 @@ import dataclasses
 import secrets
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from celery import Celery, chord
@@ -47,6 +47,17 @@ def shadow_name(wave: int, agent: str, tasks: int, resent: bool = False) -> str:
     option; the task that runs stays ``buddy.execute_batch``): ``buddy wave 2 · a1 · 12 tasks``."""
     name = f"buddy wave {wave} · {agent} · {tasks} task{'' if tasks == 1 else 's'}"
     return name + " · resent" if resent else name
+
+
+def _even_batch(n: int, slots: int, tuned: int | None) -> int | None:
+    """Tasks per message for ``n`` tasks on ``slots`` slots with the tuner's ``tuned`` batch
+    size (None: not tuned): at most ``tuned``, in a number of messages that is a multiple of
+    ``slots`` with equal sizes, so no slot runs a partial round more than the others (50
+    tasks, 4 slots, tuned 12: 8 messages of 7, not 5 messages of 12)."""
+    if not tuned or n <= 0:
+        return None
+    rounds = -(-n // (slots * tuned))  # ceil
+    return max(1, -(-n // (slots * rounds)))
 
 
 @dataclasses.dataclass
@@ -96,6 +107,8 @@ class WaveSender:
         self.console = console
         self.settings = settings
         self.pause = pause  # holds while the campaign must pause; returns the seconds paused
+        # agent → (attempts, timeout s) the agent tuner set for it: the coordinator's learner
+        self.limits: Mapping[str, tuple[int | None, float | None]] = {}
         broker = settings.broker_url
         self.stalls = StallWatch(
             Claims(self.store.r),
@@ -104,7 +117,10 @@ class WaveSender:
         )
 
     def spec(self, pt: PlannedTask, gate: Gate) -> TaskSpec:
-        """The message item of one task."""
+        """The message item of one task; the plan line's seed ids (``phase21_plan_id``,
+        ``phase22_validation_id``) go along, and the agent tuner's attempts and timeout for
+        the task's agent (:attr:`limits`); each is left out of the item while None."""
+        attempts, timeout_s = self.limits.get(pt.agent, (None, None))
         return TaskSpec(
             task_id=pt.task.task_id,
             tool=pt.task.tool,
@@ -115,21 +131,36 @@ class WaveSender:
             workdir=str(self.opts.workdir),
             planned_agent=pt.agent,
             planned_wave=pt.wave,
+            phase21_plan_id=pt.task.phase21_plan_id,
+            phase22_validation_id=pt.task.phase22_validation_id,
+            max_attempts=attempts,
+            timeout_s=timeout_s,
         )
 
-    def dispatch(self, n: int, to_send: dict[str, list[PlannedTask]], gates: dict[str, Gate]) -> WaveDispatch:
+    def dispatch(
+        self,
+        n: int,
+        to_send: dict[str, list[PlannedTask]],
+        gates: dict[str, Gate],
+        tuned_batch: Mapping[str, int] | None = None,
+    ) -> WaveDispatch:
         """Send ``to_send`` as one chord and record what was sent (workers run only what
-        ``buddy:campaign:<id>:dispatched`` holds)."""
+        ``buddy:campaign:<id>:dispatched`` holds).
+
+        Tasks per message: ``--batch-size`` when given; else the agent tuner's batch size for
+        the agent (``tuned_batch``, agent id → tasks; :mod:`buddy.optimizer.tuner`), evened
+        out so every slot gets the same number of messages (:func:`_even_batch`); else
+        :func:`~buddy.coordinator.dispatch.batch_size`. Either way cut so one message's worst
+        case fits the visibility timeout (:func:`~buddy.coordinator.dispatch.slices`)."""
         token = secrets.token_hex(8)
         header = []
         sent_items: list[dict[str, Any]] = []
         where: dict[str, Sent] = {}
         for agent, pts in sorted(to_send.items()):
-            slots = next((a.concurrency for a in self.plan.agents if a.id == agent), 1)
-            info = self.fleet.agents().get(agent)
-            slots *= max(1, len(info.live_workers) if info is not None else 1)
+            slots = max(1, self.fleet.capacity().get(agent, 1))  # Σ live workers' pool sizes (heartbeats)
             known = [pt.expected_s for pt in pts if pt.expected_s is not None]
-            size = batch_size(len(pts), slots, max(known) if known else None, self.opts.batch_size)
+            fixed = self.opts.batch_size or _even_batch(len(pts), slots, (tuned_batch or {}).get(agent))
+            size = batch_size(len(pts), slots, max(known) if known else None, fixed)
             worst = attempt_worst_s(pts, self.registry, self.settings.lease_wait_s)
             for i, j in slices(worst, size, self.settings.visibility_timeout_s):
                 items = [self.spec(pt, gates[pt.task.task_id]).model_dump(mode="json") for pt in pts[i:j]]

@@ -114,6 +114,8 @@ class AttemptRunner:
         spec, contract, cid = run.spec, run.contract, run.cid
         assert contract is not None
         timeout_s = contract.timeout_for(run.args)
+        if spec.timeout_s is not None:  # the tuner's, never above the contract's
+            timeout_s = min(timeout_s, spec.timeout_s)
         ctx = ToolContext(
             campaign_id=cid,
             task_id=spec.task_id,
@@ -240,7 +242,9 @@ class AttemptRunner:
         elif isinstance(e, LeaseConflictError):
             if run.attempt < self.conflict_attempts:
                 return None, max(contract.retry.delay_s(run.attempt), 0.2)
-        elif contract.retry.should_retry(run.attempt, e.error_type, isinstance(e, RetryableToolError)):
+        elif contract.retry.should_retry(run.attempt, e.error_type, isinstance(e, RetryableToolError)) and (
+            run.spec.max_attempts is None or run.attempt < run.spec.max_attempts  # the tuner's, within
+        ):
             return None, contract.retry.delay_s(run.attempt)
         outcome = self.outcome(run, status, start=start, t0=t0, error=(e.error_type, str(e)))
         if rolled_back:
@@ -268,7 +272,8 @@ class AttemptRunner:
         an attempt that died and may not run again): ``start_time`` and ``duration_ms`` are
         those of the last attempt that ran, from ``run.errors`` (None and 0 when no attempt
         ran, or its start is not known), and ``attempts`` the number of that attempt (0: none
-        ran, and ``tool_execution_log.jsonl`` has no line for it).
+        ran, and ``tool_execution_log.jsonl`` has no line for it). The spec's seed ids
+        (``phase21_plan_id``, ``phase22_validation_id``) are carried into the outcome.
         """
         spec = run.spec
         end = utcnow()
@@ -302,6 +307,8 @@ class AttemptRunner:
             errors=list(run.errors),
             fencing_token=run.fencing_token,
             current_fencing_token=run.current_token,
+            phase21_plan_id=spec.phase21_plan_id,
+            phase22_validation_id=spec.phase22_validation_id,
         )
 
 

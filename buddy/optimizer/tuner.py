@@ -76,7 +76,10 @@ class TunedParameters(BaseModel):
 
 
 class ParameterChange(BaseModel):
-    """One changed parameter of one agent; a line of ``tuned_parameters.jsonl``."""
+    """One changed parameter of one agent; a line of ``tuned_parameters.jsonl``: its value
+    before (``old``) and after (``new``), why, and the evidence: the numbers of the agent's
+    latest wave the rule read (``wave``: the wave they came from; counts, 0–1 rates,
+    milliseconds as named)."""
 
     agent_id: str
     wave: int | None = None
@@ -84,6 +87,7 @@ class ParameterChange(BaseModel):
     old: Any
     new: Any
     reason: str
+    evidence: dict[str, Any] = Field(default_factory=dict)
     changed_at: datetime
 
 
@@ -133,6 +137,7 @@ class AgentTuner:
                 self._batch(row, old, new, reasons)
             self._weight(spec.id, history, old, new, reasons)
             new.reason = "; ".join(f"{k}: {v}" for k, v in reasons.items()) or "unchanged"
+            evidence = _evidence(row, last.wave if last is not None else None)
             for name, why in reasons.items():
                 changes.append(
                     ParameterChange(
@@ -142,6 +147,7 @@ class AgentTuner:
                         old=getattr(old, name),
                         new=getattr(new, name),
                         reason=why,
+                        evidence=evidence,
                         changed_at=at,
                     )
                 )
@@ -240,6 +246,22 @@ class AgentTuner:
             reasons["confidence_weight"] = (
                 f"{ok} of {n} predicted tasks succeeded against {expected:.1f} expected"
             )
+
+
+def _evidence(row: AgentWaveMetrics | None, wave: int | None) -> dict[str, Any]:
+    """What the tuner's rules read of an agent's latest wave (empty before any)."""
+    if row is None:
+        return {}
+    return {
+        "wave": wave,
+        "executed": row.executed,
+        "success_rate": round(row.success_rate, 4),
+        "utilization": round(row.utilization, 4),
+        "retried": row.retried,
+        "retried_succeeded": row.retried_succeeded,
+        "mean_duration_ms": round(row.mean_duration_ms, 3),
+        "latency_p99_ms": round(row.latency_p99_ms, 3),
+    }
 
 
 def plan_pool_changes(current: Mapping[str, int], tuned: Mapping[str, TunedParameters]) -> dict[str, int]:

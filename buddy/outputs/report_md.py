@@ -1,7 +1,9 @@
 """``report.md``: what an operator reads after a campaign (docs/architecture.md, "Outputs").
 
-Sections: overview, waves (one row each), agents (one row each), tasks that did not
-succeed (at most 50, with their errors), and what the exit code means.
+Sections: overview, targets (the source documents' performance targets, met, missed or not
+judged, from the summary's ``targets``: :mod:`buddy.analysis.targets`), safety, waves (one row
+each), agents (one row each), tasks that did not succeed (at most 50, with their errors),
+health and anomalies, what the optimizer changed, rollback.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from buddy.models import ExecutionSummary, Outcome, RollbackEvent, TaskStatus
+from buddy.models import ExecutionSummary, Outcome, RollbackEvent, Target, TaskStatus
 from buddy.plan.model import CampaignPlan
 from buddy.safety.gates import Approval, EscalationPolicy
 
@@ -34,6 +36,7 @@ class ReportContext:
     rollbacks: list[RollbackEvent] = field(default_factory=list)
     reports: list[Any] = field(default_factory=list)  # buddy.analysis.wave.WaveReport per wave
     optimizer: str = ""  # the "What the optimizer changed and why" section (Markdown)
+    learned: str = ""  # what was known before the first wave, and from where (agent/tool profiles)
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -69,6 +72,8 @@ def render_report(
     if summary.abort_reason:
         out.append(f"- abort reason: {summary.abort_reason}")
     out += _pauses(summary)
+    if ctx.learned:
+        out.append(f"- learned before the first wave: {ctx.learned}")
     out += [
         f"- mode: {summary.mode.value}; strategy: {plan.strategy.value}",
         f"- plan: `{plan.path}` (sha256 {plan.digest[:16]}…), "
@@ -77,6 +82,7 @@ def render_report(
         f"- outcomes: {c.total} of {len(plan.tasks)}; succeeded {c.succeeded}, "
         f"failed {c.by_status.get('failed', 0)}, other: {_other(c.by_status)}",
         f"- started {summary.start_time.isoformat()}, wall time {summary.wall_s:.2f} s",
+        *_targets(summary.targets),
         "",
         "## Safety",
         "",
@@ -205,6 +211,40 @@ def render_report(
             out.append(f"\nNot compensated (their effects stay; check them by hand): {listed}")
     out.append("")
     return "\n".join(out)
+
+
+def _verdict(t: Target) -> str:
+    return "not judged" if t.met is None else ("met" if t.met else "**missed**")
+
+
+def _value(t: Target) -> str:
+    if t.value is None:
+        return "–"
+    if t.unit == "tasks/s":
+        return f"{t.value:.1f} tasks/s"
+    if t.unit == "points":
+        return f"{t.value:.0f}"
+    return f"{t.value:.2f}"
+
+
+def _targets(targets: list[Target]) -> list[str]:
+    """The "Targets" section: one row per target of the source documents (none: no section)."""
+    if not targets:
+        return []
+    met = sum(t.met is True for t in targets)
+    missed = sum(t.met is False for t in targets)
+    lines = [
+        "",
+        "## Targets",
+        "",
+        f"The source documents' performance targets: {met} met, {missed} missed, "
+        f"{len(targets) - met - missed} not judged (how each is measured and when it is judged: "
+        "`buddy/analysis/targets.py`).",
+        "",
+    ]
+    rows = [[t.name, t.target, _value(t), _verdict(t), t.why.replace("|", "\\|")] for t in targets]
+    lines.append(_table(["target", "goal", "value", "verdict", "why"], rows))
+    return lines
 
 
 def _pauses(summary: ExecutionSummary) -> list[str]:

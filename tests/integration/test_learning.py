@@ -29,7 +29,8 @@ def test_next_wave_avoids_an_agent_whose_only_worker_died(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lines = [
-        {"task_id": f"w1-{i}", "tool": "sleep", "wave": 1, "agent": "a1", "args": {"seconds": 1.5}}
+        # longer than the stale window (3 s): a2's death is known before wave 2 is planned
+        {"task_id": f"w1-{i}", "tool": "sleep", "wave": 1, "agent": "a1", "args": {"seconds": 4.0}}
         for i in range(2)
     ]
     lines += [{"task_id": f"w2-{i}", "tool": "noop", "wave": 2} for i in range(6)]

@@ -84,3 +84,29 @@ def test_live_workers_end_the_wait_before_any_sleep(store: Store, tmp_path: Path
     fleet.wait_for_workers(10.0)
 
     assert clock.slept == [] and clock.now == 0.0
+
+
+def test_capacity_is_what_the_live_workers_report(store: Store, tmp_path: Path) -> None:
+    fleet, _ = view(store, tmp_path, FakeClock(now=0.0))
+    store.heartbeat("w1@test", ["a1"], pool=8)
+    store.heartbeat("w2@test", ["a1"], pool=4)
+    assert fleet.capacity() == {"a1": 12, "a2": 2}  # a2: no worker, campaign.yaml's 2
+    store.heartbeat("w3@test", ["a2"], pool=1)
+    assert fleet.capacity() == {"a1": 12, "a2": 2}  # read once per wave ...
+    assert fleet.capacity(fresh=True) == {"a1": 12, "a2": 1}  # ... unless asked fresh
+
+
+def test_failover_fills_the_agents_by_their_slots(store: Store, tmp_path: Path) -> None:
+    """a3 has no worker: its six tasks go to a1 (3 slots) and a2 (1 slot), tasks per slot even."""
+    lines = [{"task_id": f"t{i}", "tool": "noop"} for i in range(6)]
+    path = tmp_path / "plan.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    agents = [AgentSpec(id="a1"), AgentSpec(id="a2"), AgentSpec(id="a3")]
+    plan = build_plan(path, default_registry([]), agents, workdir=tmp_path)
+    store.heartbeat("w1@test", ["a1"], pool=3)
+    store.heartbeat("w2@test", ["a2"], pool=1)
+    fleet = FleetView(plan, store, FakeClock(now=0.0), Console(file=io.StringIO()))
+    to_send = {"a3": [plan.tasks[f"t{i}"] for i in range(6)]}
+    out, moves = fleet.failover(1, to_send)
+    assert {a: len(p) for a, p in out.items()} == {"a1": 4, "a2": 2}  # 4/3 ≈ 2/1 per slot
+    assert len(moves) == 6 and all(m.from_agent == "a3" for m in moves)

@@ -617,3 +617,41 @@ def test_a_tool_past_its_timeout_is_stopped_and_ends_timed_out(store: Store) -> 
     o = stored(store, "t1")
     assert o.status is TaskStatus.TIMED_OUT and o.error_type == "ToolTimeoutError"
     assert ran_to_end == [] and elapsed < 5  # stopped after timeout + grace (1.2 s), not 30 s
+
+
+def test_the_tuners_attempts_apply_below_the_contracts(
+    store: Store, tools: Tools, ex: Executor, make_spec
+) -> None:
+    once = make_spec("t1", "t.flaky").model_copy(update={"max_attempts": 1})  # the contract allows 3
+    res = run(ex, once)
+    assert res.retry == [] and stored(store, "t1").status is TaskStatus.FAILED
+    more = make_spec("t2", "t.flaky").model_copy(update={"max_attempts": 9})  # above: the contract's 3 win
+    tools.fail_first = 99
+    for _ in range(5):
+        res = run(ex, more) if not res.retry else ex.run_batch(CID, WAVE, AGENT, res.retry)
+        if not res.retry:
+            break
+    assert stored(store, "t2").attempts == 3
+    # a spec without them serializes as before: nothing in the message
+    assert "max_attempts" not in make_spec("t3", "t.ok").model_dump(mode="json")
+
+
+def test_the_tuners_timeout_applies_below_the_contracts(store: Store) -> None:
+    import time as _time
+
+    from buddy.tools import ToolRegistry
+    from buddy.tools import tool as register
+
+    reg = ToolRegistry()
+
+    def slow(args: NArgs, ctx: Any) -> NResult:
+        _time.sleep(3)
+        return NResult()
+
+    register("t.slowish", args=NArgs, result=NResult, timeout_s=60, idempotent=True, registry=reg)(slow)
+    ex = Executor(store, reg, worker="w1")
+    spec = TaskSpec(task_id="t1", tool="t.slowish", mode=Mode.LIVE, timeout_s=0.3)
+    dispatch(store, spec)
+    t0 = _time.monotonic()
+    ex.run_batch(CID, 1, "a1", [spec])
+    assert stored(store, "t1").status is TaskStatus.TIMED_OUT and _time.monotonic() - t0 < 2.5

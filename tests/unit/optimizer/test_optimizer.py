@@ -114,6 +114,9 @@ def test_concurrency_grows_when_busy_and_shrinks_when_failing() -> None:
     assert tuned["a1"].concurrency == 5  # +max(1, round(4 × 0.25))
     assert [c.parameter for c in changes] == ["concurrency"]
     assert (changes[0].old, changes[0].new, changes[0].wave) == (4, 5, 2)
+    # the evidence: the numbers of the agent's latest wave the rule read
+    ev = changes[0].evidence
+    assert (ev["wave"], ev["executed"], ev["utilization"], ev["success_rate"]) == (1, 10, 0.8, 1.0)
     tuned, _ = tune(row(success_rate=0.5, succeeded=5))
     assert tuned["a1"].concurrency == 3
     tuned, changes = tune(row())
