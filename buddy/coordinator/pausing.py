@@ -15,10 +15,12 @@ untouched tasks ``cancelled``). Each pause is recorded in the campaign hash whil
 
 from __future__ import annotations
 
+import shlex
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 
+from buddy.coordinator.approvals import hint_redis_url
 from buddy.coordinator.hooks import CampaignContext, HookRunner
 from buddy.coordinator.moves import TaskMoves
 from buddy.coordinator.options import Clock
@@ -127,7 +129,9 @@ class PauseControl:
     def _begin(self, pause: Pause) -> None:
         self.store.set_paused(self.cid, pause)
         self.store.event(self.cid, "campaign_paused", **pause.model_dump(mode="json"))
-        go_on = "buddy unlock" if pause.kind == "lock" else f"buddy unpause {self.cid}"
+        url, _ = hint_redis_url(self.ctx.options, self.store)  # a command that works when pasted
+        where = self.hint or (f" --redis-url {shlex.quote(url)}" if url else "")
+        go_on = "buddy unlock" if pause.kind == "lock" else f"buddy unpause {shlex.quote(self.cid)}"
         limit = (
             f"; ends the campaign after --lock-timeout {self.lock_timeout_s:g} s"
             if pause.kind == "lock" and self.lock_timeout_s is not None
@@ -136,7 +140,7 @@ class PauseControl:
         where = "before wave" if self.ctx.wave != pause.wave else "in wave"
         self.console.print(
             f"[yellow]paused[/] {where} {pause.wave} ({pause.describe()}): nothing starts until "
-            f"`{go_on}{self.hint}`{limit}",
+            f"`{go_on}{where}`{limit}",
             highlight=False,
         )
         self.hooks.emit("on_pause", self.ctx, pause)
