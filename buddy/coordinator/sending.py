@@ -27,6 +27,7 @@ from buddy.coordinator.fleet_view import FleetView
 from buddy.coordinator.hooks import CampaignContext, HookRunner
 from buddy.coordinator.options import CampaignOptions, Clock
 from buddy.coordinator.stalls import Sent, StallWatch
+from buddy.coordinator.stealing import WorkStealing
 from buddy.errors import CampaignAborted
 from buddy.infra.transport import EXECUTE_TASK, WAVE_COMPLETE_TASK
 from buddy.models import COORDINATOR_QUEUE, TaskSpec, agent_queue
@@ -109,6 +110,7 @@ class WaveSender:
         self.pause = pause  # holds while the campaign must pause; returns the seconds paused
         # agent → (attempts, timeout s) the agent tuner set for it: the coordinator's learner
         self.limits: Mapping[str, tuple[int | None, float | None]] = {}
+        self.stealing = WorkStealing(self.plan, self.store)
         broker = settings.broker_url
         self.stalls = StallWatch(
             Claims(self.store.r),
@@ -236,6 +238,8 @@ class WaveSender:
                 continue
             if self.stalls.due():
                 self.resend_stalled(n, sending)
+            if self.opts.optimize:
+                self.steal(n, sending)
             abort = self.store.campaign(self.cid).get("abort_requested")
             if abort:
                 raise CampaignAborted(f"aborted by an operator: {abort}")
@@ -292,6 +296,21 @@ class WaveSender:
             highlight=False,
         )
         self.store.event(self.cid, "tasks_resent", wave=n, tasks=resent, reasons=due)
+
+    def steal(self, n: int, sending: WaveDispatch) -> None:
+        """Send agents that finished their share of the wave tasks still queued for busy ones
+        (:mod:`buddy.coordinator.stealing`); the first delivery that claims a task runs it."""
+        moves = self.stealing.check(
+            self.cid, sending.ids, sending.sent, self.fleet.healthy(), self.fleet.capacity()
+        )
+        for agent, tids in sorted(moves.items()):
+            message_id = str(uuid.uuid4())
+            items = [dict(sending.sent[t].item) for t in tids]
+            self._signature(n, agent, items, message_id, resent=True).apply_async()
+            froms = sorted({sending.sent[t].agent for t in tids})
+            for t, item in zip(tids, items, strict=True):
+                sending.sent[t] = Sent(agent, message_id, item)
+            self.store.event(self.cid, "tasks_stolen", wave=n, agent=agent, tasks=tids, from_agents=froms)
 
     def await_body(self, n: int, body: WaveDispatch | None) -> None:
         """Give the wave's chord body (its analysis) up to :data:`BODY_GRACE_S` seconds to
