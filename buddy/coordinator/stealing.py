@@ -37,6 +37,7 @@ class WorkStealing:
         self.claims = Claims(store.r)
         self.specs = {a.id: a for a in plan.agents}
         self.stolen: set[str] = set()  # tasks already sent to another agent (once is enough)
+        self.done: set[str] = set()  # tasks seen with an outcome (final: never read again)
 
     def check(
         self, cid: str, ids: list[str], sent: Mapping[str, Sent], healthy: set[str], slots: Mapping[str, int]
@@ -44,7 +45,12 @@ class WorkStealing:
         """Idle agent → the task ids to send it now (empty when nothing to move). ``ids``: the
         wave's sent tasks; ``sent``: where each went last; ``healthy``: agents with a live
         worker; ``slots``: each agent's live capacity."""
-        missing = sorted(self.store.missing_outcomes(cid, ids), key=ids.index)
+        # each finished task is read once (HMGET of the unfinished only, every check), and the
+        # dispatch order comes from one index: a wave of 100,000 tasks stays cheap to check
+        pending = [t for t in ids if t not in self.done]
+        missing_set = self.store.missing_outcomes(cid, pending)
+        self.done.update(t for t in pending if t not in missing_set)
+        missing = [t for t in pending if t in missing_set]
         if not missing or any(t not in sent for t in missing):
             return {}  # nothing left, or not known where each task went
         left: dict[str, list[str]] = defaultdict(list)

@@ -79,3 +79,14 @@ def test_a_busy_or_unhealthy_agent_takes_nothing() -> None:
     # nobody idle: give fast a task left to do
     sent2 = dict(sent) | {"b2": Sent("fast", "m-x", {"task_id": "b2"})}
     assert ws.check(CID, ids, sent2, {"fast", "slow"}, {"fast": 2, "slow": 1}) == {}
+
+
+def test_a_finished_task_is_read_once_and_a_large_wave_stays_cheap() -> None:
+    ws, ids, sent = setup()
+    ws.check(CID, ids, sent, {"fast", "slow"}, {"fast": 2, "slow": 1})
+    assert ws.done == {"a0", "a1", "b0"}  # known finished: not asked for again
+    calls: list[list[str]] = []
+    real = ws.store.missing_outcomes
+    ws.store.missing_outcomes = lambda cid, tids: calls.append(list(tids)) or real(cid, tids)  # type: ignore[method-assign]
+    ws.check(CID, ids, sent, {"fast", "slow"}, {"fast": 2, "slow": 1})
+    assert calls and not set(calls[0]) & ws.done
